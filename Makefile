@@ -21,7 +21,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 digits \
-	bench bench-throughput fig4 figures reproduce-ablations clean-venv
+	bench bench-throughput fig4 figures ablations reproduce-ablations adarem notebook clean-venv
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,26 +85,42 @@ table1 table2 table3 table4 digits: venv
 # Ablations (configs/ablation/*.yaml, Hydra sweeps over GAL settings): `make ablation-policy` runs
 # on the paper's setting (CIFAR-100, EfficientNet-B1, SGD); EXP=<experiment> runs it on any other.
 EXP ?= table2_cifar100_sgd
-ABLATIONS := policy random alpha beta
+ABLATIONS := policy random alpha beta arch
 ABLATION_EXPS := table5_boston table5_diabetes table5_california digits
 $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 	$(TRAIN) --multirun experiment=$(EXP) ablation=$* gal=on seed=$(IMAGE_SEEDS) trainer.if_exists=skip $(ARGS)
 
 # On this machine: every ablation on the regression and digits experiments, 5 seeds, t-tests
 # against the paper-setting GAL runs of `make reproduce-regression reproduce-digits`.
-reproduce-ablations: venv
+ablations: venv
 	@for ablation in $(ABLATIONS); do for exp in $(ABLATION_EXPS); do \
 	  $(RUN) experiment=$$exp ablation=$$ablation gal=on seed=$(REGRESSION_SEEDS) $(ARGS) || echo "$$ablation on $$exp did not finish"; \
 	done; done
 	$(PY) scripts/make_tables.py $(addprefix ablation_,$(ABLATIONS))
 
+reproduce-ablations: ablations
+
+# AdaRem vs SGD-M vs Adam (no GAL) over one lr grid on regression and digits (5 seeds), and on the toy
+# problem; results/tables/adarem.md. ADAREM_EXPS="table2_cifar100_sgd" runs the same sweep on other experiments.
+ADAREM_EXPS ?= $(ABLATION_EXPS)
+adarem: venv
+	@for exp in $(ADAREM_EXPS); do \
+	  $(RUN) experiment=$$exp ablation=adarem seed=$(REGRESSION_SEEDS) $(ARGS) || echo "adarem on $$exp did not finish"; \
+	done
+	$(PY) scripts/toy_adarem.py
+	$(PY) scripts/make_tables.py adarem
+
 # Fig. 4: the 3D toy problem, standard vs GAL for five optimizers (seconds on a CPU)
 fig4: venv
-	$(PY) scripts/toy3d.py
+	$(PY) scripts/toy3d.py --seeds 0 1 2 3 4
 
 # Figs. 5, 6, 8b (curves from the runs' log.jsonl) and Table VII (from results/bench/*.json)
 figures: venv
 	$(PY) scripts/make_figures.py
+
+# notebooks/analysis.ipynb on the committed results/, executed into notebooks/analysis.executed.ipynb
+notebook: venv
+	$(VENV)/bin/jupyter execute --timeout=120 notebooks/analysis.ipynb --output analysis.executed
 
 bench: venv
 	$(PY) scripts/bench_gal_overhead.py

@@ -8,6 +8,9 @@ is marked missing with the reason (the data set's own error, or the command to r
 """
 
 import argparse
+import importlib.util
+import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gal.adjuster import GradientAdjuster
 from gal.results import Comparison, load_metrics, mean_std, run_dirs
 from gal.tasks import DatasetUnavailableError
 from gal.tasks.regression import load_regression_data
@@ -110,8 +114,9 @@ DIGITS_ROWS = [Row("Digits, small CNN, SGD", "digits", "digits", "sgd", "make re
 
 def collect(results_dir: Path, row: Row, gal: str, metrics: list[Metric]) -> dict[str, np.ndarray]:
     """metric -> values over the seeds of one arm (empty arrays when there are no runs)."""
-    runs = [load_metrics(d)["metrics"] for d in run_dirs(results_dir, row.experiment, row.task, row.optimizer, gal)]
-    return {key: np.array([r[key] for r in runs]) for key, _, _ in metrics}
+    runs = [load_metrics(d) for d in run_dirs(results_dir, row.experiment, row.task, row.optimizer, gal)]
+    # a diverged run (trainer.on_nonfinite=record) counts as NaN: it shows in the mean, never silently dropped
+    return {key: np.array([np.nan if "diverged" in r else r["metrics"][key] for r in runs]) for key, _, _ in metrics}
 
 
 def missing_reason(row: Row, experiment: str | None = None) -> str:
@@ -228,10 +233,48 @@ ABLATION_ROWS = [
 ]
 
 
+ABLATIONS = ("policy", "random", "alpha", "beta", "arch")  # configs/ablation/<name>.yaml
+# Table VIII (CIFAR-100, SGD): the paper's parameter counts (K) and top-1 error (%) per variant of h.
+PAPER_TABLE8 = {
+    "mlp-256": ("51.2", "11.68"), "mlp-256-64": ("48.3", "11.61"), "mlp-256-64-32": ("47.2", "11.26"),
+    "mlp-256-64-32-16": ("46.1", "11.84"), "cnn-256": ("28.1", "12.15"), "cnn-256-64": ("156.4", "12.13"),
+    "cnn-256-64-32": ("171.7", "11.88"), "cnn-256-64-32-16": ("174.7", "11.75"),
+}  # fmt: skip
+
+
+def natural_key(name: str) -> list:
+    """Sort "beta=5.0" before "beta=10.0": numbers in a name compare as numbers."""
+    return [float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", name))]
+
+
+def arch_parameters(variants: list[str]) -> list[str]:
+    """Table VIII's counts beside ours, at the paper's d = 100 and at this machine's tasks' d."""
+    lines = [
+        "Parameters of h. The paper counts the MLPs' weights only and, it turns out, the CNNs' weights plus their "
+        "conv biases (e.g. CNN (256): 2,304 + 25,600 weights + 256 conv biases = 28,160 = its 28.1K).",
+        "",
+        "| h | paper params (d = 100) | ours, weights (d = 100) | ours, with biases (d = 100) | ours, weights "
+        "(d = 1, regression) | ours, weights (d = 10, digits) | paper error % (CIFAR-100) |",
+        "|" + " --- |" * 7,
+    ]
+    for variant in variants:
+        kind, *widths = variant.split("-")
+        counts = [GradientAdjuster(d, arch=[int(w) for w in widths], kind=kind) for d in (100, 1, 10)]
+        paper_params, paper_error = PAPER_TABLE8.get(variant, ("", ""))
+        total = sum(p.numel() for p in counts[0].parameters())
+        lines.append(
+            f"| {variant} | {paper_params}K | {counts[0].count_weights():,} | {total:,} | "
+            f"{counts[1].count_weights():,} | {counts[2].count_weights():,} | {paper_error} |"
+        )
+    return [*lines, ""]
+
+
 def ablation_table(results_dir: Path, ablation: str) -> str:
     """Every variant of one ablation sweep against the default GAL runs, per task, with t-tests."""
     root = results_dir / "runs" / f"ablation_{ablation}"
-    variants = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.exists() else []
+    variants = sorted((p.name for p in root.iterdir() if p.is_dir()), key=natural_key) if root.exists() else []
+    if ablation == "arch":  # MLPs first, as Table VIII lists them
+        variants.sort(key=lambda name: name.startswith("cnn"))
     lines = ["| Task | GAL variant | metric | mean±std | p vs default | seeds |", "|" + " --- |" * 6]
     for default_row, metric in ABLATION_ROWS:
         default = collect(results_dir, default_row, "on", [metric])[metric[0]]
@@ -243,13 +286,14 @@ def ablation_table(results_dir: Path, ablation: str) -> str:
         )
         for variant in variants:
             row = Row(default_row.title, f"ablation_{ablation}/{variant}", default_row.task, default_row.optimizer,
-                      "make reproduce-ablations")  # fmt: skip
+                      "make ablations")  # fmt: skip
             values = collect(results_dir, row, "on", [metric])[metric[0]]
             if len(values) == 0:
-                lines.append(f"| | {variant} | {metric[1]} | missing: run `make reproduce-ablations` | | |")
+                lines.append(f"| | {variant} | {metric[1]} | missing: run `make ablations` | | |")
                 continue
             p = Comparison(default, values).t_test[1]
             lines.append(f"| | {variant} | {metric[1]} | {fmt(values)} | {p:.2g} | {len(values)} |")
+    preamble = arch_parameters(variants) if ablation == "arch" else []
     return "\n".join(
         [
             f"# Ablation: {ablation}",
@@ -257,7 +301,109 @@ def ablation_table(results_dir: Path, ablation: str) -> str:
             f"Sweep `configs/ablation/{ablation}.yaml` over each task's paper-setting experiment (GAL on); p from "
             "`scipy.stats.ttest_ind(default, variant)` against the default GAL runs (Table V / digits).",
             "",
+            *preamble,
             *lines,
+        ]
+    )
+
+
+# AdaRem vs SGD-M vs Adam (configs/ablation/adarem.yaml), on the tasks of ABLATION_ROWS and the toy problem.
+COMPARED_OPTIMIZERS = (("sgd", "SGD-M"), ("adarem", "AdaRem"), ("adam", "Adam"))
+Q_METRIC: Metric = ("oscillation_q", "Q", True)
+TOY_ADAREM = Path("toy") / "adarem_toy.json"  # under results/, written by scripts/toy_adarem.py
+
+
+def fmt_g(values: np.ndarray) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.4g}±{std:.2g}"
+
+
+def best_lr(grid: dict[str, dict[str, np.ndarray]], key: str, lower_is_better: bool) -> str | None:
+    """The lr whose mean is best among those where no seed diverged (None when every lr diverged)."""
+    finite = {lr: cell[key] for lr, cell in grid.items() if np.isfinite(cell[key]).all()}
+    if not finite:
+        return None
+    sign = 1.0 if lower_is_better else -1.0
+    return min(finite, key=lambda lr: sign * float(np.mean(finite[lr])))
+
+
+def adarem_section(results_dir: Path, row: Row, metric: Metric, lrs: list[str]) -> list[str]:
+    """One task: each optimizer at its best lr, AdaRem's t-tests against the others, then the whole grid."""
+    key, title, lower_is_better = metric
+    grids = {}
+    for optimizer, _ in COMPARED_OPTIMIZERS:
+        cells = {
+            lr: collect(
+                results_dir,
+                Row(row.title, f"adarem/{lr}", row.task, optimizer, "make adarem"),
+                "off",
+                [metric, Q_METRIC],
+            )  # fmt: skip
+            for lr in lrs
+        }
+        grids[optimizer] = {lr: cell for lr, cell in cells.items() if len(cell[key])}
+    if not any(grids.values()):
+        return [f"## {row.title}", "", "missing: run `make adarem`", ""]
+    best = {optimizer: best_lr(grid, key, lower_is_better) for optimizer, grid in grids.items()}
+    lines = [f"## {row.title}", "", f"| Optimizer | best lr | {title} | Q | seeds |", "| --- | --- | --- | --- | --- |"]
+    for optimizer, name in COMPARED_OPTIMIZERS:
+        lr = best[optimizer]
+        if lr is None:
+            lines.append(f"| {name} | every lr diverged or is missing | | | |")
+            continue
+        cell = grids[optimizer][lr]
+        lines.append(f"| {name} | {lr.removeprefix('lr=')} | {fmt(cell[key])} | {fmt_g(cell['oscillation_q'])} | "
+                     f"{len(cell[key])} |")  # fmt: skip
+    lines.append("")
+    ours = grids["adarem"].get(best["adarem"]) if best["adarem"] else None
+    for optimizer, name in COMPARED_OPTIMIZERS[::2]:
+        other = grids[optimizer].get(best[optimizer]) if best[optimizer] else None
+        if ours is None or other is None:
+            continue
+        _, p_metric = Comparison(other[key], ours[key]).t_test
+        _, p_q = Comparison(other["oscillation_q"], ours["oscillation_q"]).t_test
+        lines.append(f"- AdaRem vs {name}, each at its best lr: p = {p_metric:.2g} on {title.split()[0]}, "
+                     f"p = {p_q:.2g} on Q")  # fmt: skip
+    header = " | ".join(f"{name} {title.split()[0]} | {name} Q" for _, name in COMPARED_OPTIMIZERS)
+    lines += ["", "Whole grid (mean±std over seeds; nan: a seed diverged):", "",
+              f"| lr | {header} |", "|" + " --- |" * (1 + 2 * len(COMPARED_OPTIMIZERS))]  # fmt: skip
+    for lr in lrs:
+        cells = []
+        for optimizer, _ in COMPARED_OPTIMIZERS:
+            cell = grids[optimizer].get(lr)
+            cells += [fmt(cell[key]), fmt_g(cell["oscillation_q"])] if cell else ["missing", ""]
+        lines.append(f"| {lr.removeprefix('lr=')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def toy_section(results_dir: Path) -> list[str]:
+    """The toy problem's comparison, rendered by scripts/toy_adarem.py from its JSON."""
+    path = results_dir / TOY_ADAREM
+    if not path.exists():
+        return ["## Toy problem (Fig. 4's f)", "", f"missing: {path} (run `python scripts/toy_adarem.py`)", ""]
+    spec = importlib.util.spec_from_file_location("toy_adarem", Path(__file__).with_name("toy_adarem.py"))
+    toy_adarem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy_adarem)
+    return [toy_adarem.markdown(json.loads(path.read_text())), ""]
+
+
+def adarem_table(results_dir: Path) -> str:
+    """AdaRem vs SGD-M vs Adam without GAL: regression, digits (trainer runs) and the toy problem."""
+    root = results_dir / "runs" / "adarem"
+    lrs = sorted((p.name for p in root.glob("lr=*")), key=natural_key) if root.exists() else []
+    sections = [adarem_section(results_dir, row, metric, lrs) for row, metric in ABLATION_ROWS]
+    return "\n".join(
+        [
+            "# AdaRem vs SGD-M vs Adam",
+            "",
+            "`configs/ablation/adarem.yaml` over each task's experiment with GAL off: every optimizer at every lr "
+            "of one shared grid, no weight decay, everything else as in Table V / digits. Q is the oscillation index "
+            "(AdaRem paper, Sec. 3.2.2) of the model's weights over the whole run. The best lr is picked by the "
+            "mean test metric (these tasks have no validation split), which flatters every optimizer alike; p from "
+            "`scipy.stats.ttest_ind` over seeds.",
+            "",
+            *[line for section in sections for line in section],
+            *toy_section(results_dir),
         ]
     )
 
@@ -273,9 +419,10 @@ TABLES: dict[str, Callable[[Path], str]] = {
         "Metrics on the fixed test split, in the target's original units.",
     ),
     "table5_alpha": table5_alpha,
+    "adarem": adarem_table,
     **{
         f"ablation_{name}": (lambda r, name=name: ablation_table(r, name))
-        for name in ("policy", "random", "alpha", "beta")
+        for name in ABLATIONS
     },
     "digits": lambda r: comparison_table(
         r, DIGITS_ROWS, DIGITS_METRICS,

@@ -182,7 +182,6 @@ def test_extra_dims_are_samples_of_the_feature_dim():
         ({"arch": ()}, "arch"),
         ({"policy": "sometimes"}, "policy"),
         ({"kind": "rnn"}, "kind"),
-        ({"kind": "cnn", "arch": (4,)}, "square"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):
@@ -210,12 +209,33 @@ def test_default_h_is_linear_layers_with_bias_and_no_activation():
     assert all(m.bias is not None for m in layers)
 
 
-def test_cnn_kind_runs_on_a_square_dim():
-    adj = GradientAdjuster(16, arch=(8, 4), kind="cnn", alpha=0.1)
-    z = torch.randn(3, 16, requires_grad=True)
+@pytest.mark.parametrize("dim, side", [(16, 4), (10, 4), (1, 1), (100, 10)])
+def test_cnn_kind_pads_z_to_the_next_square(dim, side):
+    adj = GradientAdjuster(dim, arch=(8, 4), kind="cnn", alpha=0.1)
+    assert adj.h.side == side
+    z = torch.randn(3, dim, requires_grad=True)
     stats = adj.backward(z, lambda f: (f**2).mean(), lr=0.1)
-    assert stats.adjustment.shape == (3, 16)
+    assert stats.adjustment.shape == (3, dim)
     assert all(p.grad is not None for p in adj.parameters())
+
+
+def test_cnn_padding_is_zeros_not_wraparound():
+    adj = GradientAdjuster(10, arch=(2,), kind="cnn", bias=False)
+    with torch.no_grad():
+        adj.h.convs[0].weight.zero_()
+        adj.h.convs[0].weight[0, 0, 1, 1] = 1.0  # the centre tap copies the map
+    maps = []
+    adj.h.convs.register_forward_pre_hook(lambda module, args: maps.append(args[0]))
+    adj(torch.arange(1.0, 11.0).view(1, 10))
+    assert maps[0].flatten().tolist() == [*range(1, 11), 0, 0, 0, 0, 0, 0]
+
+
+# Table VIII counts at CIFAR-100's d = 100: the MLPs' weights only (51.2K, 48.3K, 47.2K, 46.1K).
+@pytest.mark.parametrize(
+    "arch, weights", [((256,), 51_200), ((256, 64), 48_384), ((256, 64, 32), 47_232), ((256, 64, 32, 16), 46_144)]
+)
+def test_weight_count_matches_table_viii_for_the_mlps(arch, weights):
+    assert GradientAdjuster(100, arch=arch).count_weights() == weights
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

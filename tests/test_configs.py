@@ -1,11 +1,13 @@
 """Every config file composes, instantiates and trains a step: a typo fails here, not on a cluster."""
 
+import itertools
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from gal.optim import build_optimizer
@@ -120,8 +122,20 @@ def _california_available() -> bool:
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
-def test_every_ablation_composes_with_a_run_directory_per_variant(ablation):
-    cfg = compose_config(["experiment=digits", f"ablation={ablation}", "gal=on"])
+def test_every_ablation_gives_each_variant_its_own_run_directory(ablation):
+    compose_config(["experiment=digits", f"ablation={ablation}"])
     swept = dict(HydraConfig.get().sweeper.params)
-    assert swept and all(key.startswith("gal.") for key in swept)
-    assert cfg.name.startswith(f"ablation_{ablation}/") and "${" not in cfg.name
+    sweeps = OverridesParser.create().parse_overrides([f"{key}={values}" for key, values in swept.items()])
+    variants = list(itertools.product(*[[f"{o.key_or_group}={v}" for v in o.sweep_string_iterator()] for o in sweeps]))
+    run_dirs = set()
+    for variant in variants:
+        cfg = compose_config(["experiment=digits", f"ablation={ablation}", *variant])
+        assert "${" not in cfg.run_dir
+        run_dirs.add(cfg.run_dir)
+    assert len(variants) > 1 and len(run_dirs) == len(variants)
+
+
+def test_arch_ablation_names_the_run_directory_after_h():
+    cfg = compose_config(["experiment=digits", "ablation=arch", "gal=on", "gal.kind=cnn", "gal.arch=[256,64]"])
+    assert cfg.name == "ablation_arch/cnn-256-64"
+    assert build_adjuster(cfg.gal, feature_dim=10).count_weights() == 9 * 256 + 9 * 256 * 64 + 64 * 10

@@ -78,3 +78,26 @@ def test_main_rejects_a_non_positive_steps_scale(tmp_path):
         toy3d.main(
             ["--out-figure", str(tmp_path / "f.png"), "--out-table", str(tmp_path / "t.md"), "--steps-scale", "0"]
         )
+
+
+def test_main_with_seeds_writes_the_seeds_table(tmp_path):
+    figure, table, seeds_table = tmp_path / "fig4.png", tmp_path / "fig4.md", tmp_path / "fig4_seeds.md"
+    outputs = ["--out-figure", str(figure), "--out-table", str(table), "--out-seeds-table", str(seeds_table)]
+    toy3d.main([*outputs, "--seeds", "2", "5", "--steps-scale", "0.05"])
+    text = seeds_table.read_text()
+    assert "over 2 seeds (2, 5)" in text and "| lower (of 2) | higher (of 2) |" in text
+    assert f"`python scripts/toy3d.py {' '.join(outputs)} --seeds 2 5 --steps-scale 0.05`" in text
+    for name in SETTINGS:
+        assert (
+            sum(line.startswith(f"| {name} | {round(SETTINGS[name].steps * 0.05)} |") for line in text.splitlines())
+            == 1
+        )
+    single = table.read_text()  # the first seed's table, footed by the command that writes it alone
+    assert "seed 2 (h's" in single
+    assert f"`python scripts/toy3d.py {' '.join(outputs[:4])} --seed 2 --steps-scale 0.05`" in single
+
+
+@pytest.mark.parametrize("seeds", [["1"], ["1", "1"]])
+def test_main_rejects_fewer_than_two_distinct_seeds(tmp_path, seeds):
+    with pytest.raises(ValueError, match="two distinct seeds"):
+        toy3d.main(["--out-table", str(tmp_path / "t.md"), "--seeds", *seeds])

@@ -72,6 +72,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, make_config, gal):
     )
 
 
+def test_oscillation_index_is_logged_and_survives_a_resume(make_config):
+    extra = ["optimizer=adarem", "optimizer.lr=0.01", "trainer.oscillation=true"]
+    uninterrupted = train(make_config(*FAST, *extra, "trainer.epochs=4", "name=straight"))
+    assert uninterrupted["oscillation_q"] >= 1.0  # a path is never shorter than its displacement
+    train(make_config(*FAST, *extra, "trainer.epochs=2", "name=resumed"))
+    assert train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.resume=true")) == uninterrupted
+
+
 class DiabetesTurningNaN(RegressionTask):
     """Diabetes whose targets become NaN from training step ``nan_from_step`` on."""
 
@@ -96,6 +104,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_config,
     assert state["epoch"] == 2 and state["step"] == 24
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert not (_run_dir(cfg) / "metrics.json").exists()
+
+
+def test_a_recorded_divergence_finishes_the_run_as_diverged(make_config):
+    cfg = make_config(*FAST, "trainer.epochs=4", "trainer.on_nonfinite=record")
+    cfg.task = {**cfg.task, "_target_": f"{__name__}.DiabetesTurningNaN", "nan_from_step": 30}
+    assert train(cfg) == {}
+    summary = json.loads((_run_dir(cfg) / "metrics.json").read_text())
+    assert summary["metrics"] == {} and "loss is nan at step 30" in summary["diverged"]
+    cfg.trainer.if_exists = "skip"
+    assert train(cfg) == {}  # a sweep re-run skips it like any finished run
 
 
 def test_resume_after_a_crash_logs_each_step_once(make_config):

@@ -254,3 +254,13 @@ class OscillationTracker:
         path_length = torch.cat([length.flatten() for length in self.path_length])
         displacement = torch.cat([(p - start).abs().flatten() for p, start in zip(self.params, self.start)])
         return path_per_displacement(path_length, displacement)
+
+    def state_dict(self) -> dict[str, list[Tensor]]:
+        """theta_0, the previous weights and the path lengths, so a resumed run keeps its Q."""
+        return {"start": self.start, "previous": self.previous, "path_length": self.path_length}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+        for key, tensors in self.state_dict().items():
+            for tensor, saved in zip(tensors, state[key], strict=True):
+                tensor.copy_(saved)

@@ -65,14 +65,16 @@ def build_mlp(dim: int, arch: Sequence[int], bias: bool, activation: str | None)
 
 
 class ConvAdjuster(nn.Module):
-    """Table VIII's CNN h: z reshaped to a side x side map, 3x3 convs, pooling, one FC."""
+    """Table VIII's CNN h: z as a side x side map, 3x3 convs with ``arch`` channels, pooling, one FC.
+
+    The paper reshapes CIFAR-100's 100 logits to 10 x 10; a dim that is not a square (10 digits, 1000
+    ImageNet classes) is zero-padded to the next one (4 x 4, 32 x 32), so the CNN h runs on every task.
+    """
 
     def __init__(self, dim: int, arch: Sequence[int], bias: bool, activation: str | None) -> None:
         super().__init__()
-        side = math.isqrt(dim)
-        if side * side != dim:
-            raise ValueError(f"kind='cnn' reshapes z to a square map: dim must be a square, got {dim}")
-        self.side = side
+        self.side = math.isqrt(dim - 1) + 1  # the smallest side with side * side >= dim
+        self.padding = self.side * self.side - dim
         channels = [1, *arch]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(channels[:-1], channels[1:])):
@@ -84,7 +86,7 @@ class ConvAdjuster(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
-        maps = z.reshape(-1, 1, self.side, self.side)
+        maps = nn.functional.pad(z, (0, self.padding)).reshape(-1, 1, self.side, self.side)
         return self.fc(self.convs(maps)).reshape(*lead, -1)
 
 

@@ -23,19 +23,23 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
 from gal.checkpoint import load_checkpoint, save_checkpoint
 from gal.distributed import DistInfo, init_distributed, shutdown_distributed
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, load_metrics, write_json
-from gal.runlog import RunLog, start_wandb
+from gal.runlog import NonFiniteLossError, RunLog, start_wandb
 from gal.schedule import build_scheduler
 from gal.tasks import Task
 
 log = logging.getLogger("gal.train")
 CHECKPOINT_FILE = "last.pt"
 IF_EXISTS = ("error", "skip")
+ON_NONFINITE = ("error", "record")
+# ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
+OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
 
 
 def build_adjuster(gal_cfg: DictConfig, feature_dim: int) -> GradientAdjuster | None:
@@ -90,6 +94,7 @@ class Trainee:
     ema: ModelEmaV3 | None = None
     channels_last: bool = False
     clip_grad_norm: float | None = None  # max norm of the model's gradient (DETR: 0.1)
+    oscillation: OscillationTracker | None = None  # the model's oscillation index Q (AdaRem, Sec. 3.2.2)
 
 
 def train_one_epoch(
@@ -132,6 +137,8 @@ def train_one_epoch(
             precision.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), trainee.clip_grad_norm)
         precision.step(optimizer)
+        if trainee.oscillation is not None:
+            trainee.oscillation.update()
         step += 1
         if trainee.scheduler is not None:
             trainee.scheduler.step_update(num_updates=step)
@@ -150,6 +157,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train one run as configured; returns its final metrics (also in metrics.json)."""
     if cfg.trainer.if_exists not in IF_EXISTS:
         raise ValueError(f"trainer.if_exists must be one of {IF_EXISTS}, got {cfg.trainer.if_exists!r}")
+    if cfg.trainer.on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
     run_dir = Path(cfg.run_dir)
     if (run_dir / METRICS_FILE).exists() and not cfg.trainer.resume:
         if cfg.trainer.if_exists == "skip":
@@ -162,6 +171,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dist_info = init_distributed(cfg.trainer.device)
     try:
         return _train(cfg, run_dir, dist_info)
+    except NonFiniteLossError as error:
+        if cfg.trainer.on_nonfinite == "error":
+            raise
+        # a learning-rate sweep keeps going: the run is finished, as diverged, and tables show it as such
+        if dist_info.is_main:
+            summary = {"metrics": {}, "diverged": str(error), "config": OmegaConf.to_container(cfg, resolve=True)}
+            write_json(summary, run_dir / METRICS_FILE)
+        log.warning("%s diverged: %s", run_dir, error)
+        return {}
     finally:
         shutdown_distributed()
 
@@ -208,6 +226,8 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
                 trainee.optimizer.epoch_end()
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
                 metrics = task.evaluate(evaluated, eval_loader)
+                if trainee.oscillation is not None:
+                    metrics["oscillation_q"] = trainee.oscillation.value().item()
                 runlog.log_epoch(epoch, step, metrics)
             if dist_info.is_main and cfg.trainer.checkpoint:
                 save_checkpoint(_state(model, trainee, epoch + 1, step, plain_cfg), checkpoint_path)
@@ -252,14 +272,21 @@ def _build_trainee(
     if trainer.compile:
         trained = torch.compile(trained)
     precision = Precision(device, trainer.precision)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    oscillation = OscillationTracker(trainable) if trainer.oscillation else None
     return model, Trainee(
-        trained, optimizer, adjuster, scheduler, precision, ema, channels_last, trainer.clip_grad_norm
+        trained, optimizer, adjuster, scheduler, precision, ema, channels_last, trainer.clip_grad_norm, oscillation
     )
 
 
 def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: dict[str, Any]) -> dict[str, Any]:
     """Everything a resumed run needs; tensors and plain containers only (weights_only loads)."""
-    optional = {"adjuster": trainee.adjuster, "scheduler": trainee.scheduler, "ema": trainee.ema}
+    optional = {
+        "adjuster": trainee.adjuster,
+        "scheduler": trainee.scheduler,
+        "ema": trainee.ema,
+        "oscillation": trainee.oscillation,
+    }
     return {
         "model": model.state_dict(),
         **{key: part.state_dict() if part is not None else {} for key, part in optional.items()},
@@ -275,7 +302,7 @@ def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: di
 
 def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee) -> tuple[int, int]:
     model.load_state_dict(state["model"])
-    for key in ("adjuster", "scheduler", "ema"):
+    for key in ("adjuster", "scheduler", "ema", "oscillation"):
         part = getattr(trainee, key)
         if part is not None:
             part.load_state_dict(state[key])
