@@ -5,11 +5,15 @@
 One PNG per run set results/runs/<experiment>/<task>/<optimizer>/ that has both a gal=off and a
 gal=on arm, from the runs' log.jsonl files: curves_<experiment>_<task>_<optimizer>.png with
 Fig. 5 (evaluation loss per epoch, both arms), Fig. 6 (the GAL arm's remainder and cos(grad, v~)
-per step) and Fig. 8b (steps per epoch in which g was used). Table VII goes to
-<results>/tables/table7.md from the JSON files written by the two benchmark scripts.
+per step) and Fig. 8b (steps per epoch in which g was used). One PNG per ablation sweep with runs
+(Fig. 7 left / middle / right: alpha, beta, h's architecture; Fig. 8a: the update policy; Table VI:
+random adjustments): ablation_<name>.png, every variant's final metric per task beside the default
+GAL runs and the baseline. Table VII goes to <results>/tables/table7.md from the JSON files
+written by the two benchmark scripts.
 """
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -23,6 +27,10 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("make_tables", Path(__file__).resolve().with_name("make_tables.py"))
+make_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_tables)  # scripts/ is not a package; the tables' run lookup, shared
 
 COMMAND = "python scripts/make_figures.py"
 EVAL_LOSS_KEYS = ("eval/loss", "eval/mse")  # classification logs a loss; regression only the MSE
@@ -137,6 +145,38 @@ def plot_run_set(run_set: RunSet, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
+    """Each variant's final metric per task (mean ± std over seeds, dots: seeds) against the default GAL runs
+    (red line) and the baseline (blue, dashed); False when the sweep has no runs."""
+    variants = make_tables.ablation_variants(results_dir, ablation)
+    if not variants:
+        return False
+    rows = make_tables.ABLATION_ROWS
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.2), squeeze=False)
+    for ax, (row, metric) in zip(axes[0], rows):
+        key, title, _ = metric
+        for gal, (label, color, ls) in (("on", ("default GAL", "tab:red", "-")), ("off", ARM_STYLE["off"])):
+            values = make_tables.collect(results_dir, row, gal, [metric])[key]
+            if len(values):
+                ax.axhline(np.mean(values), color=color, ls=ls, lw=1, label=f"{label} (mean)")
+        for x, variant in enumerate(variants):
+            variant_row = make_tables.Row(row.title, f"ablation_{ablation}/{variant}", row.task, row.optimizer, "")
+            values = make_tables.collect(results_dir, variant_row, "on", [metric])[key]
+            if len(values):
+                ax.errorbar(x, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, fmt="o",
+                            color="black", capsize=3)  # fmt: skip
+                ax.plot(np.full(len(values), x + 0.15), values, ".", color="gray", ms=4)
+        ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=8)
+        ax.set(title=row.title, ylabel=title)
+        if ax.get_legend_handles_labels()[0]:  # no default or baseline runs: nothing to name
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Ablation {ablation} (configs/ablation/{ablation}.yaml): mean ± std over seeds, dots are seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def load_bench(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -221,6 +261,10 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"curves_{run_set.experiment}_{run_set.task}_{run_set.optimizer}.png"
         plot_run_set(run_set, path)
         print(f"wrote {path}")
+    for ablation in make_tables.ABLATIONS:
+        path = out / f"ablation_{ablation}.png"
+        if plot_ablation(args.results, ablation, path):
+            print(f"wrote {path}")
     tables = args.results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     (tables / "table7.md").write_text(table7(args.results))

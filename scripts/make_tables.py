@@ -269,12 +269,16 @@ def arch_parameters(variants: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def ablation_table(results_dir: Path, ablation: str) -> str:
-    """Every variant of one ablation sweep against the default GAL runs, per task, with t-tests."""
+def ablation_variants(results_dir: Path, ablation: str) -> list[str]:
+    """The run folders of one ablation sweep, in the paper's order (numbers ascending, MLPs before CNNs)."""
     root = results_dir / "runs" / f"ablation_{ablation}"
     variants = sorted((p.name for p in root.iterdir() if p.is_dir()), key=natural_key) if root.exists() else []
-    if ablation == "arch":  # MLPs first, as Table VIII lists them
-        variants.sort(key=lambda name: name.startswith("cnn"))
+    return sorted(variants, key=lambda name: name.startswith("cnn"))  # stable: only moves Table VIII's CNNs last
+
+
+def ablation_table(results_dir: Path, ablation: str) -> str:
+    """Every variant of one ablation sweep against the default GAL runs, per task, with t-tests."""
+    variants = ablation_variants(results_dir, ablation)
     lines = ["| Task | GAL variant | metric | mean±std | p vs default | seeds |", "|" + " --- |" * 6]
     for default_row, metric in ABLATION_ROWS:
         default = collect(results_dir, default_row, "on", [metric])[metric[0]]

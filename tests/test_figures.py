@@ -99,3 +99,20 @@ def test_figures_and_table7(make_figures, tmp_path: Path, capsys) -> None:
 def test_table7_names_the_command_for_missing_benchmarks(make_figures, tmp_path: Path) -> None:
     table = make_figures.table7(tmp_path)
     assert "run `make bench`" in table and "run `make bench-throughput`" in table
+
+
+def test_ablation_figure_plots_each_variant_against_default_and_baseline(make_figures, tmp_path: Path) -> None:
+    def write_metrics(experiment: str, gal: str, errors: list[float]) -> None:
+        for seed, error in enumerate(errors):
+            run_dir = tmp_path / "runs" / experiment / "digits" / "sgd" / gal / f"seed={seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"error": error}}))
+
+    assert not make_figures.plot_ablation(tmp_path, "beta", tmp_path / "none.png")  # no sweep, no figure
+    write_metrics("digits", "off", [2.0, 2.2])
+    write_metrics("digits", "on", [2.1, 2.3])
+    write_metrics("ablation_beta/beta=10.0", "on", [3.0, 3.5])
+    write_metrics("ablation_beta/beta=5.0", "on", [2.5])
+    path = tmp_path / "ablation_beta.png"
+    assert make_figures.plot_ablation(tmp_path, "beta", path) and path.stat().st_size > 0
+    assert make_figures.make_tables.ablation_variants(tmp_path, "beta") == ["beta=5.0", "beta=10.0"]

@@ -44,7 +44,8 @@ def test_runs_on_committed_results():
     assert "Table V" in text and "Table VII" in text and "Ablation" in text
     # every committed file is shown; only the optional extras (fig4_seeds, adarem) may be absent
     assert [line for line in text.splitlines() if line.startswith("missing:")] == []
-    assert images == 1 + len(list((RESULTS / "figures").glob("curves_*.png")))  # fig4.png and the curves
+    figures = [*(RESULTS / "figures").glob("curves_*.png"), *(RESULTS / "figures").glob("ablation_*.png")]
+    assert images == 1 + len(figures)  # fig4.png, the curves and the ablation figures
 
 
 def test_reports_missing_results(tmp_path):
