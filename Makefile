@@ -92,11 +92,12 @@ $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 
 # On this machine: every ablation on the regression and digits experiments, 5 seeds, t-tests
 # against the paper-setting GAL runs of `make reproduce-regression reproduce-digits`. Each
-# sweep/<ablation>/<experiment> is its own target, so `make -j2 ablations` runs two at a time
-# (with OMP_NUM_THREADS=1, tiny CPU runs go ~5x faster that way than two threads each).
+# sweep/<ablation>/<experiment> is its own target, so `make -j2 ablations` runs two at a time.
+# One thread per run (unless OMP_NUM_THREADS is set): these models are tiny, and two one-thread
+# runs side by side went ~5x faster on a 2-core CPU than two-thread runs one after the other.
 sweep_targets = $(foreach ablation,$(1),$(foreach exp,$(2),sweep/$(ablation)/$(exp)))
 sweep/%: venv
-	$(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) \
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) \
 	  $(if $(filter adarem,$(word 1,$(subst /, ,$*))),,gal=on) seed=$(REGRESSION_SEEDS) $(ARGS) \
 	  || echo "sweep $* did not finish"
 
@@ -120,9 +121,9 @@ fig4: venv
 figures: venv
 	$(PY) scripts/make_figures.py
 
-# notebooks/analysis.ipynb on the committed results/, executed into notebooks/analysis.executed.ipynb
+# notebooks/analysis.ipynb on the committed results/, executed into notebooks/analysis_executed.ipynb
 notebook: venv
-	$(VENV)/bin/jupyter execute --timeout=120 notebooks/analysis.ipynb --output analysis.executed
+	$(VENV)/bin/jupyter execute --timeout=120 notebooks/analysis.ipynb --output=analysis_executed
 
 bench: venv
 	$(PY) scripts/bench_gal_overhead.py

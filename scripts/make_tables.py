@@ -404,7 +404,8 @@ def adarem_table(results_dir: Path) -> str:
             "of one shared grid, no weight decay, everything else as in Table V / digits. Q is the oscillation index "
             "(AdaRem paper, Sec. 3.2.2) of the model's weights over the whole run. The best lr is picked by the "
             "mean test metric (these tasks have no validation split), which flatters every optimizer alike; p from "
-            "`scipy.stats.ttest_ind` over seeds.",
+            "`scipy.stats.ttest_ind` over seeds. The grid was first 1e-3 to 0.3 and was widened at whichever end "
+            "held an optimizer's best lr until none did.",
             "",
             *[line for section in sections for line in section],
             *toy_section(results_dir),

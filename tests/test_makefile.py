@@ -37,3 +37,10 @@ def test_make_adarem_sweeps_without_gal_and_builds_the_toy_and_the_table():
     commands = dry_run("adarem")
     assert "ablation=adarem experiment=digits \\\n   seed=0,1,2,3,4" in commands and "gal=on" not in commands
     assert commands.rstrip().endswith("scripts/toy_adarem.py\n.venv/bin/python scripts/make_tables.py adarem")
+
+
+def test_make_notebook_never_writes_over_the_committed_notebook():
+    (command,) = [line for line in dry_run("notebook").splitlines() if "jupyter execute" in line]
+    output = command.split("--output=")[1].split()[0]
+    # nbclient appends .ipynb with Path.with_suffix: a dotted name like "analysis.run" would become analysis.ipynb
+    assert "." not in output and output != "analysis"
