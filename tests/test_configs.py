@@ -139,3 +139,12 @@ def test_arch_ablation_names_the_run_directory_after_h():
     cfg = compose_config(["experiment=digits", "ablation=arch", "gal=on", "gal.kind=cnn", "gal.arch=[256,64]"])
     assert cfg.name == "ablation_arch/cnn-256-64"
     assert build_adjuster(cfg.gal, feature_dim=10).count_weights() == 9 * 256 + 9 * 256 * 64 + 64 * 10
+
+
+@pytest.mark.parametrize("ablation", [name for name in ABLATIONS if name != "adarem"])
+def test_ablation_experiment_is_the_sweep_on_the_papers_setting(ablation):
+    shortcut = compose_config([f"experiment=ablation_{ablation}"])
+    shortcut_sweep = dict(HydraConfig.get().sweeper.params)
+    general = compose_config(["experiment=table2_cifar100_sgd", f"ablation={ablation}", "gal=on"])
+    assert shortcut_sweep == dict(HydraConfig.get().sweeper.params)
+    assert OmegaConf.to_container(shortcut, resolve=True) == OmegaConf.to_container(general, resolve=True)
