@@ -5,7 +5,8 @@
 One PNG per run set results/runs/<experiment>/<task>/<optimizer>/ that has both a gal=off and a
 gal=on arm, from the runs' log.jsonl files: curves_<experiment>_<task>_<optimizer>.png with
 Fig. 5 (evaluation loss per epoch, both arms), Fig. 6 (the GAL arm's remainder and cos(grad, v~)
-per step) and Fig. 8b (steps per epoch in which g was used). One PNG per ablation sweep with runs
+per step) and Fig. 8b (steps per epoch in which g was used, and samples per epoch in which the
+tentative step with g did not raise the sample's loss, Alg. 1 line 7). One PNG per ablation sweep with runs
 (Fig. 7 left / middle / right: alpha, beta, h's architecture; Fig. 8a: the update policy; Table VI:
 random adjustments): ablation_<name>.png, every variant's final metric per task beside the default
 GAL runs and the baseline. Table VII goes to <results>/tables/table7.md from the JSON files
@@ -87,13 +88,13 @@ def step_series(seeds: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray
     return np.array([r["step"] for r in rows[0]])[: values.shape[1]], values
 
 
-def adjusted_steps_per_epoch(seeds: list[list[dict[str, Any]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs, seeds x epochs of adjusted_fraction summed over the epoch's steps, steps per epoch)."""
+def per_epoch_sums(seeds: list[list[dict[str, Any]]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, seeds x epochs of a per-step value summed over each epoch's steps, steps per epoch)."""
     sums, counts = [], []
     for seed in seeds:
-        rows = [r for r in seed if "adjusted_fraction" in r]
+        rows = [r for r in seed if key in r]
         epochs = sorted({r["epoch"] for r in rows})
-        sums.append(np.array([sum(r["adjusted_fraction"] for r in rows if r["epoch"] == e) for e in epochs]))
+        sums.append(np.array([sum(r[key] for r in rows if r["epoch"] == e) for e in epochs]))
         counts.append(np.array([sum(1 for r in rows if r["epoch"] == e) for e in epochs], dtype=float))
     values = stack(sums)
     return np.arange(values.shape[1]), values, stack(counts).mean(axis=0)
@@ -107,8 +108,8 @@ def band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, color: str, label: str
 
 
 def plot_run_set(run_set: RunSet, path: Path) -> None:
-    """Fig. 5, Fig. 6 (two panels) and Fig. 8b side by side in one PNG."""
-    fig, (ax_loss, ax_rem, ax_cos, ax_adj) = plt.subplots(1, 4, figsize=(20, 4.2))
+    """Fig. 5, Fig. 6 (two panels) and Fig. 8b (two panels) side by side in one PNG."""
+    fig, (ax_loss, ax_rem, ax_cos, ax_adj, ax_wins) = plt.subplots(1, 5, figsize=(25, 4.2))
     seeds_note = ", ".join(f"{ARM_STYLE[a][0]} {len(run_set.arms[a])} seeds" for a in ("off", "on"))
     fig.suptitle(f"{run_set.name} ({seeds_note}); lines: mean over seeds, bands: min-max")
 
@@ -134,11 +135,20 @@ def plot_run_set(run_set: RunSet, path: Path) -> None:
     ax_cos.axhline(0, color="gray", lw=0.5)
     ax_cos.set(xlabel="step", ylabel="cos(grad, v~) (mean over seeds)", title="Fig. 6: cos(grad, v~)")
 
-    epochs, adjusted, steps_per_epoch = adjusted_steps_per_epoch(gal)
+    epochs, adjusted, steps_per_epoch = per_epoch_sums(gal, "adjusted_fraction")
     band(ax_adj, epochs + 1, adjusted, "tab:red", "steps where g was used")
     ax_adj.plot(epochs + 1, steps_per_epoch[: len(epochs)], color="black", ls=":", lw=1.2, label="steps in the epoch")
     ax_adj.set(xlabel="epoch", ylabel="steps (adjusted_fraction summed)", ylim=(0, None), title="Fig. 8b: g used")
     ax_adj.legend()
+
+    if any("g_wins" in r for seed in gal for r in seed):
+        epochs, wins, _ = per_epoch_sums(gal, "g_wins")
+        band(ax_wins, epochs + 1, wins, "tab:red", "samples where g passes line 7")
+        ax_wins.set(ylim=(0, None))
+        ax_wins.legend()
+    else:
+        ax_wins.text(0.5, 0.5, "g_wins not logged by these runs", ha="center", transform=ax_wins.transAxes)
+    ax_wins.set(xlabel="epoch", ylabel="samples (g_wins summed)", title="Fig. 8b: samples where g beats dl/dz")
 
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -355,3 +355,24 @@ def test_other_loss_gets_its_standard_gradient_in_the_same_pass():
     GradientAdjuster(5, arch=(4,), alpha=0.0).backward(z, _cross_entropy(targets), lr=0.1, other_loss=other)
     for p, ref in zip(params, standard):
         torch.testing.assert_close(p.grad, ref)
+
+
+@pytest.mark.parametrize("policy", ["le", "never"])
+def test_g_wins_is_line_7_per_sample_whatever_the_policy(policy):
+    torch.manual_seed(0)
+    z, y = torch.randn(8, 1, requires_grad=True), torch.randn(8)
+    per_sample_loss = lambda features: (features.squeeze(-1) - y) ** 2  # noqa: E731
+    torch.manual_seed(1)
+    # d = 1: g = (1 +- alpha) dl/dz per sample, and a tentative step of 2x the optimal one overshoots where it is 1.5x
+    adj = GradientAdjuster(1, arch=(8,), alpha=0.5, beta=80.0, policy=policy)
+    stats = adj.backward(z, per_sample_loss, lr=0.1)
+    tentative = per_sample_loss(z.detach() - 80.0 * 0.1 * (stats.grad + stats.adjustment))
+    assert stats.g_wins.shape == (8,) and stats.adjusted.shape == ()  # one decision per batch, 8 per-sample tests
+    assert torch.equal(stats.g_wins, tentative <= per_sample_loss(z.detach()))
+    assert 0 < int(stats.g_wins.sum()) < 8
+
+
+def test_g_wins_falls_back_to_the_batch_test_for_a_scalar_loss():
+    model, x, targets = _setup()
+    stats = GradientAdjuster(5, arch=(8,), alpha=0.1).backward(model(x), _cross_entropy(targets), lr=0.1)
+    assert stats.g_wins.shape == () and torch.equal(stats.g_wins, stats.adjusted)

@@ -27,7 +27,7 @@ def write_log(run_dir: Path, gal: bool, seed: int, eval_key: str) -> None:
             row = {"step": step, "epoch": epoch, "loss": 1.0 / step + seed}
             if gal:
                 row |= {"tentative_loss": row["loss"] - 1e-3, "remainder": (-1) ** step * 1e-3 / step,
-                        "cosine": 0.1 * i, "adjusted_fraction": float(i % 2)}  # fmt: skip
+                        "cosine": 0.1 * i, "adjusted_fraction": float(i % 2), "g_wins": float(i)}  # fmt: skip
             rows.append(row)
         rows.append({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch, eval_key: 2.0 / (epoch + 1) + seed})
     run_dir.mkdir(parents=True)

@@ -34,7 +34,9 @@ class GALStats:
     """Detached tensors from one GAL step; nothing here forces a host sync.
 
     ``adjusted`` is a bool tensor: a scalar (one decision per batch) or one entry
-    per sample (``per_sample=True``), True where the backbone received g.
+    per sample (``per_sample=True``), True where the backbone received g. ``g_wins``
+    holds Alg. 1 line 7's test per sample whatever the policy (Fig. 8b counts these);
+    a scalar when loss_fn returns only the batch mean.
     """
 
     loss: Tensor
@@ -43,6 +45,7 @@ class GALStats:
     grad: Tensor
     adjustment: Tensor
     adjusted: Tensor
+    g_wins: Tensor
 
     def cosine(self) -> Tensor:
         """Mean cosine similarity between dl/dz and the adjustment v~ (Fig. 6)."""
@@ -183,7 +186,8 @@ class GradientAdjuster(nn.Module):
         ranks = world_size()
         features = z.detach().float().requires_grad_(True)
         with torch.enable_grad():
-            losses = self._reduce(loss_fn(features))
+            sample_losses = loss_fn(features)
+            losses = self._reduce(sample_losses)
             loss = losses.mean()
             (grad,) = torch.autograd.grad(loss, features)
             grad = grad / ranks  # dl/dz of the mean loss over all ranks' samples
@@ -192,7 +196,8 @@ class GradientAdjuster(nn.Module):
                 adjustment = self.scaled_adjustment(self(features).float(), grad)
             adjusted_grad = grad + adjustment  # Eq. 5
             tentative_lr = self.beta * lr
-            tentative_losses = self._reduce(loss_fn(features - tentative_lr * adjusted_grad))
+            tentative_sample_losses = loss_fn(features - tentative_lr * adjusted_grad)
+            tentative_losses = self._reduce(tentative_sample_losses)
             first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).sum(-1), losses)
             remainder = tentative_losses - losses.detach() + first_order  # Eq. 7
         if self.per_sample:
@@ -216,6 +221,7 @@ class GradientAdjuster(nn.Module):
             grad=grad,
             adjustment=adjustment.detach(),
             adjusted=use_adjusted,
+            g_wins=tentative_sample_losses.detach() <= sample_losses.detach(),
         )
 
     def _reduce(self, losses: Tensor) -> Tensor:

@@ -132,6 +132,7 @@ def train_one_epoch(
                 "remainder": stats.remainder.mean(),
                 "cosine": stats.cosine(),
                 "adjusted_fraction": stats.adjusted_fraction(),
+                "g_wins": stats.g_wins.float().sum(),  # this process's samples passing Alg. 1 line 7 (Fig. 8b)
             }
         if trainee.clip_grad_norm is not None:
             precision.unscale_(optimizer)
