@@ -38,6 +38,7 @@ log = logging.getLogger("gal.train")
 CHECKPOINT_FILE = "last.pt"
 IF_EXISTS = ("error", "skip")
 ON_NONFINITE = ("error", "record")
+OPTIONAL_STATE = ("adjuster", "scheduler", "ema", "oscillation")  # Trainee parts a checkpoint holds when present
 # ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
 OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
 
@@ -282,12 +283,7 @@ def _build_trainee(
 
 def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: dict[str, Any]) -> dict[str, Any]:
     """Everything a resumed run needs; tensors and plain containers only (weights_only loads)."""
-    optional = {
-        "adjuster": trainee.adjuster,
-        "scheduler": trainee.scheduler,
-        "ema": trainee.ema,
-        "oscillation": trainee.oscillation,
-    }
+    optional = {key: getattr(trainee, key) for key in OPTIONAL_STATE}
     return {
         "model": model.state_dict(),
         **{key: part.state_dict() if part is not None else {} for key, part in optional.items()},
@@ -303,7 +299,7 @@ def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: di
 
 def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee) -> tuple[int, int]:
     model.load_state_dict(state["model"])
-    for key in ("adjuster", "scheduler", "ema", "oscillation"):
+    for key in OPTIONAL_STATE:
         part = getattr(trainee, key)
         if part is not None:
             part.load_state_dict(state[key])
