@@ -80,6 +80,20 @@ def test_oscillation_index_is_logged_and_survives_a_resume(make_config):
     assert train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.resume=true")) == uninterrupted
 
 
+def test_a_gal_run_with_random_adjustments_resumes(make_config):
+    # h-less adjusters have an empty state; the checkpoint must still count them as present
+    extra = ["gal=on", "gal.kind=uniform"]
+    uninterrupted = train(make_config(*FAST, *extra, "trainer.epochs=4", "name=straight"))
+    train(make_config(*FAST, *extra, "trainer.epochs=2", "name=resumed"))
+    assert train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.resume=true")) == uninterrupted
+
+
+def test_resuming_with_a_part_the_checkpoint_lacks_is_a_clear_error(make_config):
+    train(make_config(*FAST, "trainer.epochs=2", "name=resumed"))
+    with pytest.raises(ValueError, match="no oscillation state"):
+        train(make_config(*FAST, "trainer.epochs=4", "name=resumed", "trainer.resume=true", "trainer.oscillation=true"))
+
+
 class DiabetesTurningNaN(RegressionTask):
     """Diabetes whose targets become NaN from training step ``nan_from_step`` on."""
 

@@ -286,7 +286,7 @@ def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: di
     optional = {key: getattr(trainee, key) for key in OPTIONAL_STATE}
     return {
         "model": model.state_dict(),
-        **{key: part.state_dict() if part is not None else {} for key, part in optional.items()},
+        **{key: part.state_dict() if part is not None else None for key, part in optional.items()},
         "optimizer": trainee.optimizer.state_dict(),
         "scaler": trainee.precision.scaler.state_dict(),
         "epoch": epoch,
@@ -301,6 +301,11 @@ def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee) -> tuple
     model.load_state_dict(state["model"])
     for key in OPTIONAL_STATE:
         part = getattr(trainee, key)
+        if part is not None and state.get(key) is None:
+            raise ValueError(
+                f"the checkpoint has no {key} state: the run was started without it, so it cannot be resumed "
+                "with it; resume with the run's own settings (its config.yaml) or start a new run"
+            )
         if part is not None:
             part.load_state_dict(state[key])
     trainee.optimizer.load_state_dict(state["optimizer"])
