@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ from torch.optim import Optimizer
 
 from gal.adarem import oscillation_index
 from gal.optim import OPTIMIZERS
+from gal.results import mean_std
 
 _spec = importlib.util.spec_from_file_location("toy3d", Path(__file__).resolve().with_name("toy3d.py"))
 toy3d = importlib.util.module_from_spec(_spec)
@@ -116,17 +118,17 @@ def best_lr(by_lr: dict[str, dict[str, list[float]]]) -> str:
     return min(by_lr, key=lambda lr: statistics.mean(by_lr[lr]["final_f"]))
 
 
-def mean_std(values: list[float], digits: int = 4) -> str:
-    """'mean ± std' (sample std; 0 for one value)."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {spread:.{digits}f}"
+def fmt(values: list[float], digits: int = 4) -> str:
+    """'mean ± std' over the seeds (sample std, as every table here: gal.results.mean_std)."""
+    mean, spread = mean_std(np.array(values))
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def cells(values: dict[str, list[float]]) -> str:
     """final f, best f, Q and steps of one (optimizer, lr) as table cells."""
     return (
-        f"{mean_std(values['final_f'])} | {mean_std(values['best_f'])} | {mean_std(values['q'], 2)} | "
-        f"{mean_std(values['steps_to_best'], 1)}"
+        f"{fmt(values['final_f'])} | {fmt(values['best_f'])} | {fmt(values['q'], 2)} | "
+        f"{fmt(values['steps_to_best'], 1)}"
     )
 
 
