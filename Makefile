@@ -1,17 +1,34 @@
-# Common commands. Each target sets up .venv first (skipped when it is up to date).
+# Common commands (`make help` lists them). Each target sets up .venv first (skipped when it is up to date).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 SEEDS ?=
 ARGS ?=
-NPROC ?= 1
-RUN := $(PY) -m gal.train --multirun trainer.if_exists=skip trainer.progress=false
-# torchrun when NPROC > 1 (DDP: NCCL on GPUs, gloo on CPU)
-TRAIN := $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC) -m gal.train,$(PY) -m gal.train)
+NPROC ?= 1            # processes (GPUs) per node
+NNODES ?= 1           # nodes; with NNODES > 1 run the same command on every node, with RDZV=<node 0 host>:<port>
+RDZV ?=
+RDZV_ID ?= gal        # one id per job sharing a rendezvous endpoint
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)  # parallel one-thread runs in the CPU sweeps below
+RUN := $(PY) -m gal --multirun trainer.if_exists=skip trainer.progress=false
+ifneq ($(strip $(NNODES)),1)
+ifeq ($(strip $(RDZV)),)
+$(error NNODES=$(strip $(NNODES)) needs RDZV=<host of node 0>:<free port>, the same on every node)
+endif
+endif
+# torchrun when NPROC > 1 or NNODES > 1 (DDP: NCCL on GPUs, gloo on CPU); one node: --standalone,
+# several: a c10d rendezvous at RDZV (node ranks are assigned as the nodes join).
+RENDEZVOUS := $(if $(filter-out 1,$(strip $(NNODES))),--nnodes=$(strip $(NNODES)) --rdzv-backend=c10d \
+  --rdzv-endpoint=$(strip $(RDZV)) --rdzv-id=$(strip $(RDZV_ID)),--standalone)
+TRAIN := $(if $(filter-out 1,$(strip $(NPROC)) $(strip $(NNODES))),$(VENV)/bin/torchrun $(RENDEZVOUS) \
+  --nproc_per_node=$(strip $(NPROC)) -m gal,$(PY) -m gal)
 REGRESSION_SEEDS := $(if $(SEEDS),$(SEEDS),0,1,2,3,4)
 IMAGE_SEEDS := $(if $(SEEDS),$(SEEDS),0,1,2)
+# One thread per run in the CPU sweeps: these models are tiny, and two one-thread runs side by side
+# went ~5x faster on a 2-core CPU than two-thread runs one after the other.
+ONE_THREAD := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 # Offline copies of the data sets, when this checkout sits beside them (see README, "Data").
+comma := ,
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)/sklearn),)
 export SCIKIT_LEARN_DATA ?= $(SHARED_DATA)/sklearn
@@ -20,8 +37,14 @@ ifneq ($(wildcard $(SHARED_DATA)/boston/boston_house_prices.csv),)
 export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
-.PHONY: venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 digits \
-	bench bench-throughput fig4 figures ablations reproduce-ablations adarem notebook clean-venv
+.PHONY: help venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
+	digits bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
+
+help:  ## this list
+	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
+	@echo "  ablation-<name>                  an ablation ($(ABLATIONS)) on the paper's setting, or EXP=<experiment>"
+	@echo "  <row>[-gal]                     a paper row of Tables I-IV, baseline or GAL (rows: $(PAPER_ROW_NAMES))"
+	@echo "  Variables: NPROC=<GPUs per node> NNODES=<n> RDZV=<host:port> SEEDS=0,1 ARGS=\"<hydra overrides>\" JOBS=<n>"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,40 +52,48 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed  ## the virtual env (.venv) from requirements.txt
 
-test: venv
+test: venv  ## the test suite (what CI runs, with lint)
 	$(PY) -m pytest -q
 
-test-slow: venv
+test-slow: venv  ## the @slow tests (minutes)
 	$(PY) -m pytest -q -m slow
 
-lint: venv
+lint: venv  ## ruff check + format check
 	$(PY) -m ruff check src scripts tests
 	$(PY) -m ruff format --check src scripts tests
 
-format: venv
+format: venv  ## ruff format + fixes
 	$(PY) -m ruff format src scripts tests
 	$(PY) -m ruff check --fix src scripts tests
 
 # Table V: 3 data sets x {baseline, GAL} x 5 seeds, then alpha in {0.01, 0.1, 0.5} for GAL,
 # then the tables. A data set that cannot be loaded is reported, and its rows are marked missing.
-# One target per data set: `make -j3 reproduce-regression` runs them side by side, one thread each.
+# One target per data set and arm, run $(JOBS) at a time, one thread each.
 TABLE5_DATASETS := boston diabetes california
 table5-runs/%: venv
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUN) experiment=table5_$* gal=off,on seed=$(REGRESSION_SEEDS) $(ARGS) \
-	  || echo "table5_$* did not finish (see above)"
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUN) experiment=table5_$* gal=on gal.alpha=0.01,0.1,0.5 \
-	  'name=table5_alpha$${gal.alpha}' seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5_alpha on $* did not finish (see above)"
+	$(ONE_THREAD) $(RUN) experiment=table5_$(word 1,$(subst /, ,$*)) gal=$(word 2,$(subst /, ,$*)) \
+	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5 $* did not finish (see above)"
+table5-alpha-runs/%: venv
+	$(ONE_THREAD) $(RUN) experiment=table5_$* gal=on gal.alpha=0.01,0.1,0.5 'name=table5_alpha$${gal.alpha}' \
+	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5_alpha on $* did not finish (see above)"
 
-reproduce-regression: $(addprefix table5-runs/,$(TABLE5_DATASETS))
+reproduce-regression: venv  ## Table V + its alpha sweep from real runs (5 seeds), then the tables
+	$(MAKE) --no-print-directory -j$(JOBS) $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on \
+	  table5-alpha-runs/$(d))
 	$(PY) scripts/make_tables.py table5 table5_alpha
 
-table5: venv
+table5: venv  ## Table V's tables from the runs there are
 	$(PY) scripts/make_tables.py table5 table5_alpha
 
-reproduce-digits: venv
-	$(RUN) experiment=digits gal=off,on seed=$(REGRESSION_SEEDS) $(ARGS)
+# digits: one target per arm and seed, $(JOBS) at a time, one thread each
+digits-runs/%: venv
+	$(ONE_THREAD) $(RUN) experiment=digits gal=$(word 1,$(subst /, ,$*)) seed=$(word 2,$(subst /, ,$*)) $(ARGS) \
+	  || echo "digits $* did not finish (see above)"
+
+reproduce-digits: venv  ## digits (small CNN, real data) baseline vs GAL, 5 seeds, then its table
+	$(MAKE) --no-print-directory -j$(JOBS) $(foreach g,off on,$(foreach s,$(subst $(comma), ,$(REGRESSION_SEEDS)),digits-runs/$(g)/$(s)))
 	$(PY) scripts/make_tables.py digits
 
 # Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
@@ -72,6 +103,7 @@ PAPER_ROWS := \
 	cifar100-sgd:table2_cifar100_sgd cifar100-lookahead:table2_cifar100_lookahead cifar100-adabound:table2_cifar100_adabound \
 	imagenet-resnet50-rmsprop:table3_imagenet_resnet50 imagenet-effnet-b2-rmsprop:table3_imagenet_effnet_b2 \
 	coco-detr-r50:table4_coco_detr_r50 coco-detr-r101:table4_coco_detr_r101
+PAPER_ROW_NAMES := $(foreach row,$(PAPER_ROWS),$(word 1,$(subst :, ,$(row))))
 define paper_row
 .PHONY: $(1) $(1)-gal
 $(1): venv
@@ -81,7 +113,7 @@ $(1)-gal: venv
 endef
 $(foreach row,$(PAPER_ROWS),$(eval $(call paper_row,$(word 1,$(subst :, ,$(row))),$(word 2,$(subst :, ,$(row))))))
 
-table1 table2 table3 table4 digits: venv
+table1 table2 table3 table4 digits: venv  ## a paper table (or digits') from the runs there are
 	$(PY) scripts/make_tables.py $@
 
 # Ablations (configs/ablation/*.yaml, Hydra sweeps over GAL settings): `make ablation-policy` runs
@@ -94,44 +126,48 @@ $(addprefix ablation-,$(ABLATIONS)): ablation-%: venv
 
 # On this machine: every ablation on the regression and digits experiments, 5 seeds, t-tests
 # against the paper-setting GAL runs of `make reproduce-regression reproduce-digits`. Each
-# sweep/<ablation>/<experiment> is its own target, so `make -j2 ablations` runs two at a time.
-# One thread per run (unless OMP_NUM_THREADS is set): these models are tiny, and two one-thread
-# runs side by side went ~5x faster on a 2-core CPU than two-thread runs one after the other.
+# sweep/<ablation>/<experiment> is its own target, run $(JOBS) at a time, one thread each.
 sweep_targets = $(foreach ablation,$(1),$(foreach exp,$(2),sweep/$(ablation)/$(exp)))
 sweep/%: venv
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) \
+	$(ONE_THREAD) $(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) \
 	  $(if $(filter adarem,$(word 1,$(subst /, ,$*))),,gal=on) seed=$(REGRESSION_SEEDS) $(ARGS) \
 	  || echo "sweep $* did not finish"
 
-ablations: $(call sweep_targets,$(ABLATIONS),$(ABLATION_EXPS))
+ablations: venv  ## every ablation on regression + digits (5 seeds), then the tables
+	$(MAKE) --no-print-directory -j$(JOBS) $(call sweep_targets,$(ABLATIONS),$(ABLATION_EXPS))
 	$(PY) scripts/make_tables.py $(addprefix ablation_,$(ABLATIONS))
 
-reproduce-ablations: ablations
+reproduce-ablations: ablations  ## = ablations
 
 # AdaRem vs SGD-M vs Adam (no GAL) over one lr grid on regression and digits (5 seeds), and on the toy
 # problem; results/tables/adarem.md. ADAREM_EXPS="table2_cifar100_sgd" runs the same sweep on other experiments.
 ADAREM_EXPS ?= $(ABLATION_EXPS)
-adarem: $(call sweep_targets,adarem,$(ADAREM_EXPS))
+adarem: venv  ## AdaRem vs SGD-M vs Adam over an lr grid (regression, digits, the toy), then the table
+	$(MAKE) --no-print-directory -j$(JOBS) $(call sweep_targets,adarem,$(ADAREM_EXPS))
 	$(PY) scripts/toy_adarem.py
 	$(PY) scripts/make_tables.py adarem
 
 # Fig. 4: the 3D toy problem, standard vs GAL for five optimizers (seconds on a CPU)
-fig4: venv
+fig4: venv  ## Fig. 4, the 3D toy problem (seeds 0-4 of h)
 	$(PY) scripts/toy3d.py --seeds 0 1 2 3 4
 
 # Figs. 5, 6, 8b (curves from the runs' log.jsonl) and Table VII (from results/bench/*.json)
-figures: venv
+figures: venv  ## Figs. 5-8 curves and ablation figures, Table VII
 	$(PY) scripts/make_figures.py
 
 # notebooks/analysis.ipynb on the committed results/, executed into notebooks/analysis_executed.ipynb
-notebook: venv
+notebook: venv  ## notebooks/analysis.ipynb executed into analysis_executed.ipynb
 	$(VENV)/bin/jupyter execute --timeout=120 notebooks/analysis.ipynb --output=analysis_executed
 
-bench: venv
+bench: venv  ## GAL's step overhead (results/bench/gal_overhead.json)
 	$(PY) scripts/bench_gal_overhead.py
 
-bench-throughput: venv
+bench-throughput: venv  ## trainer vs minimal loop, GAL on vs off, images/s (results/bench/throughput.json)
 	$(PY) scripts/bench_throughput.py
 
-clean-venv:
+# One real CUDA GPU: every paper model through the CUDA path, GAL off and on (results/bench/gpu_check.json)
+gpu-check: venv  ## on one CUDA GPU: every paper model, GAL off/on, fp32/bf16/fp16, compile; no host syncs
+	$(PY) scripts/gpu_check.py
+
+clean-venv:  ## remove .venv
 	rm -rf $(VENV)

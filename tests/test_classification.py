@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+from torch import nn
 
+from gal.precision import memory_format_of
 from gal.tasks.classification import ClassificationTask, create_model
 from gal.train import train
 
@@ -169,3 +172,10 @@ def test_adarem_through_the_trainer_decays_lambda_once_per_epoch(tmp_path):
     assert train(cfg)["acc1"] > 20.0  # learning: chance is 10%
     groups = torch.load(Path(cfg.run_dir) / "last.pt", weights_only=True)["optimizer"]["param_groups"]
     assert [g["lam_t"] for g in groups] == pytest.approx([0.999**2] * 2)  # model and h
+
+
+def test_evaluation_feeds_images_in_the_models_memory_format():
+    model = timm.create_model("resnet18", num_classes=3)
+    assert memory_format_of(model) == torch.contiguous_format
+    assert memory_format_of(model.to(memory_format=torch.channels_last)) == torch.channels_last
+    assert memory_format_of(nn.Linear(4, 2)) == torch.contiguous_format  # no 4-d weight

@@ -258,7 +258,9 @@ class GradientAdjuster(nn.Module):
         for scalar in (objective, other_loss):
             if scalar is not None and scalar.requires_grad:  # random kinds have no h to train
                 tensors.append(scalar)
-                grads.append(torch.as_tensor(grad_scale, dtype=scalar.dtype, device=scalar.device))
+                # a float scale is filled on the device: torch.as_tensor(float, device=cuda) copies from the host
+                scale = grad_scale.to(scalar.dtype) if torch.is_tensor(grad_scale) else scalar.new_full((), grad_scale)
+                grads.append(scale)
         torch.autograd.backward(tensors, grads)
         self._average_gradients_across_ranks()
 

@@ -1,4 +1,4 @@
-"""Mixed precision: bf16 autocast where the GPU supports it, fp16 with a GradScaler otherwise."""
+"""Mixed precision (bf16 autocast where the GPU supports it, fp16 with a GradScaler otherwise) and memory format."""
 
 import contextlib
 
@@ -51,3 +51,11 @@ class Precision:
             self.scaler.update()
         else:
             optimizer.step()
+
+
+def memory_format_of(model: torch.nn.Module) -> torch.memory_format:
+    """channels_last when the model's first 4-d weight is stored so (the trainer converts image models on CUDA)."""
+    first = next((p for p in model.parameters() if p.dim() == 4), None)
+    if first is not None and not first.is_contiguous() and first.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format

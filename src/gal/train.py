@@ -6,6 +6,7 @@ replaces ``loss.backward()`` when GAL is on. Runs under torchrun unchanged.
 """
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
@@ -26,10 +27,11 @@ from tqdm import tqdm
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
 from gal.checkpoint import load_checkpoint, save_checkpoint
-from gal.distributed import DistInfo, init_distributed, shutdown_distributed
+from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, load_metrics, write_json
+from gal.rng import rng_state, seed_training, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, start_wandb
 from gal.schedule import build_scheduler
 from gal.tasks import Task
@@ -81,6 +83,12 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
             sampler.set_epoch(epoch)
             return
         sampler = getattr(sampler, "sampler", None)
+
+
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, precision: Precision) -> dict[str, float]:
+    """The task's metrics, in the training precision (its autocast; the model's memory format is the task's)."""
+    with precision.autocast():
+        return task.evaluate(model, loader)
 
 
 @dataclass
@@ -156,13 +164,20 @@ def train_one_epoch(
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one run as configured; returns its final metrics (also in metrics.json)."""
+    """Train one run as configured; returns its final metrics (also in metrics.json).
+
+    Every rank of a distributed job calls this for every run of a ``--multirun``; the process
+    group is joined by the first run and kept for the next ones (gal.distributed).
+    """
     if cfg.trainer.if_exists not in IF_EXISTS:
         raise ValueError(f"trainer.if_exists must be one of {IF_EXISTS}, got {cfg.trainer.if_exists!r}")
     if cfg.trainer.on_nonfinite not in ON_NONFINITE:
         raise ValueError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
+    dist_info = init_distributed(cfg.trainer.device)
     run_dir = Path(cfg.run_dir)
-    if (run_dir / METRICS_FILE).exists() and not cfg.trainer.resume:
+    # rank 0 decides for all ranks: a rank that looked later could see the metrics.json rank 0 just wrote
+    finished = broadcast_from_main((run_dir / METRICS_FILE).exists())
+    if finished and not cfg.trainer.resume:
         if cfg.trainer.if_exists == "skip":
             log.info("%s is done already; skipping it", run_dir)
             return load_metrics(run_dir)["metrics"]
@@ -170,7 +185,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{run_dir / METRICS_FILE} exists and is kept: pass trainer.if_exists=skip to reuse it, "
             "trainer.resume=true to continue it, or choose another name=/seed="
         )
-    dist_info = init_distributed(cfg.trainer.device)
     try:
         return _train(cfg, run_dir, dist_info)
     except NonFiniteLossError as error:
@@ -182,21 +196,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_json(summary, run_dir / METRICS_FILE)
         log.warning("%s diverged: %s", run_dir, error)
         return {}
-    finally:
-        shutdown_distributed()
 
 
 def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
+    seed_training(cfg.seed, rank=0)  # the same weights (model and h) on every rank
     task = build_task(cfg.task)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size)
     epochs = task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
     model, trainee = _build_trainee(cfg, task, dist_info, epochs, len(train_loader))
+    seed_training(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
     start_epoch, step = 0, 0
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if cfg.trainer.resume and checkpoint_path.exists():
-        start_epoch, step = _restore(load_checkpoint(checkpoint_path), model, trainee)
+        start_epoch, step = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info)
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,14 +240,17 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
             if hasattr(trainee.optimizer, "epoch_end"):  # AdaRem decays its lambda once per epoch
                 trainee.optimizer.epoch_end()
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
-                metrics = task.evaluate(evaluated, eval_loader)
+                metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
                 if trainee.oscillation is not None:
                     metrics["oscillation_q"] = trainee.oscillation.value().item()
                 runlog.log_epoch(epoch, step, metrics)
-            if dist_info.is_main and cfg.trainer.checkpoint:
-                save_checkpoint(_state(model, trainee, epoch + 1, step, plain_cfg), checkpoint_path)
+            if cfg.trainer.checkpoint:
+                every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
+                if dist_info.is_main:
+                    state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg)
+                    save_checkpoint(state, checkpoint_path)
         if not metrics:  # resumed a finished run: nothing left to train
-            metrics = task.evaluate(evaluated, eval_loader)
+            metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
     finally:
         progress.close()
         runlog.close()
@@ -268,8 +284,8 @@ def _build_trainee(
     optimizer = build_optimizer(model_groups, adjuster, gal_lr=cfg.gal.lr, **OmegaConf.to_container(cfg.optimizer))
     scheduler = build_scheduler(optimizer, epochs, steps_per_epoch, **OmegaConf.to_container(cfg.scheduler))
     ema = ModelEmaV3(model, decay=trainer.ema_decay) if trainer.ema_decay else None
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    if device.type == "cuda":  # tuned once per input size: worth it only when sizes repeat
+        torch.backends.cudnn.benchmark = not getattr(task, "input_sizes_vary", False)
     trained = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     if trainer.compile:
         trained = torch.compile(trained)
@@ -281,8 +297,11 @@ def _build_trainee(
     )
 
 
-def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything a resumed run needs; tensors and plain containers only (weights_only loads)."""
+def _state(
+    model: nn.Module, trainee: Trainee, epoch: int, step: int, rng: list[dict[str, Any]], config: dict[str, Any]
+) -> dict[str, Any]:
+    """Everything a resumed run needs, ``rng`` holding each rank's generators in rank order;
+    tensors and plain containers only (weights_only loads)."""
     optional = {key: getattr(trainee, key) for key in OPTIONAL_STATE}
     return {
         "model": model.state_dict(),
@@ -291,13 +310,19 @@ def _state(model: nn.Module, trainee: Trainee, epoch: int, step: int, config: di
         "scaler": trainee.precision.scaler.state_dict(),
         "epoch": epoch,
         "step": step,
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": rng,
         "config": config,
     }
 
 
-def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee) -> tuple[int, int]:
+def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_info: DistInfo) -> tuple[int, int]:
+    """Load a checkpoint into the run's objects; each rank takes back its own generators."""
+    saved_ranks = len(state.get("rng", []))
+    if saved_ranks != dist_info.world_size:
+        raise ValueError(
+            f"the checkpoint was written by {saved_ranks or 'an unknown number of'} process(es) and this run has "
+            f"{dist_info.world_size}: resume with the same NPROC (and nodes) as the run was started with"
+        )
     model.load_state_dict(state["model"])
     for key in OPTIONAL_STATE:
         part = getattr(trainee, key)
@@ -310,16 +335,32 @@ def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee) -> tuple
             part.load_state_dict(state[key])
     trainee.optimizer.load_state_dict(state["optimizer"])
     trainee.precision.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    set_rng_state(state["rng"][dist_info.rank], dist_info.device)
     return state["epoch"], state["step"]
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="config")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
+def task_objective(task_target: str) -> tuple[str, str]:
+    """(metric, direction) that a search over ``task._target_`` optimises, read off the task class."""
+    return get_class(task_target).objective
 
+
+# ${objective_direction:${task._target_}}: an Optuna search's direction follows the task (configs/hparams_search/)
+OmegaConf.register_new_resolver("objective_direction", lambda target: task_objective(target)[1], replace=True)
+
+
+def run(cfg: DictConfig) -> float:
+    """Hydra's task function: train one run and return the task's objective metric (for sweepers).
+
+    It lives here, not in ``__main__``, so that launchers that pickle it (submitit) do so by reference.
+    """
+    metric, _ = task_objective(cfg.task._target_)
+    return float(train(cfg).get(metric, math.nan))  # NaN for a diverged run: Optuna marks the trial failed
+
+
+# An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
+# (python -m gal, gal-train, submitit's unpickled task function), and configs/ sits beside src/ (editable install).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,8 @@ class DatasetUnavailableError(RuntimeError):
 class Task(Protocol):
     feature_dim: int  # size of z's last dimension, the GAL dim
     epochs: int  # the task's training length (trainer.epochs overrides it)
+    objective: tuple[str, str]  # (metric from evaluate, "minimize" | "maximize"): what a search optimises
+    # optional: input_sizes_vary = True turns cudnn.benchmark off on CUDA (DETR's multi-scale batches)
 
     def build_model(self) -> nn.Module: ...
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
+from gal.precision import memory_format_of
 from gal.tasks.image_data import (
     build_cifar,
     build_image_folder,
@@ -70,6 +71,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs
 class ClassificationTask:
     """A timm model on an image data set."""
 
+    objective = ("error", "minimize")  # top-1 error in % (100 - acc1)
+
     def __init__(
         self,
         dataset: str,
@@ -106,9 +109,10 @@ class ClassificationTask:
         }
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         train = DataLoader(self.train_set, self.batch_size, sampler=shuffle, drop_last=True, **workers)
-        # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact
+        # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact; its workers start
+        # for each evaluation only, so that training does not hold a second set of workers (and their memory)
         shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
-        return train, DataLoader(shard, self.eval_batch_size, **workers)
+        return train, DataLoader(shard, self.eval_batch_size, **{**workers, "persistent_workers": False})
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
         images, labels = batch
@@ -120,8 +124,10 @@ class ClassificationTask:
         model.eval()
         device = next(model.parameters()).device
         totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1, top-5, count
+        layout = memory_format_of(model)  # as the trainer feeds it: channels_last on CUDA
         for images, labels in loader:
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=layout)
+            labels = labels.to(device, non_blocking=True)
             logits = model(images).float()
             top5 = logits.topk(min(5, self.num_classes), dim=1).indices == labels[:, None]
             totals += torch.stack(

@@ -26,6 +26,10 @@ class DetectionTask:
     """DETR (built in this project on torchvision) trained with the set criterion."""
 
     feature_dim = 4  # one box per query: (cx, cy, w, h)
+    objective = ("AP", "maximize")
+    # multi-scale training: every batch has another size, so cudnn.benchmark would re-tune each step
+    # (facebookresearch/detr main.py leaves it off)
+    input_sizes_vary = True
 
     def __init__(
         self,
@@ -100,7 +104,8 @@ class DetectionTask:
         for images, mask, targets in loader:
             outputs = model(images.to(device), mask.to(device))
             orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-            results = postprocess(outputs["pred_logits"], outputs["pred_boxes"], orig_sizes)
+            # in float32 whatever the autocast: a bf16 box scaled to 640 px would be off by up to 2 px
+            results = postprocess(outputs["pred_logits"].float(), outputs["pred_boxes"].float(), orig_sizes)
             detections += to_coco_results(results, [t["image_id"] for t in targets])
         coco_gt: COCO = self.eval_set.coco
         return evaluate_coco(coco_gt, gather_detections(detections), image_ids=list(self.eval_set.ids))

@@ -95,6 +95,7 @@ class RegressionTask:
     """An MLP regressor; z is its scalar prediction and the loss is the squared error."""
 
     feature_dim = 1
+    objective = ("mse", "minimize")
 
     def __init__(
         self,

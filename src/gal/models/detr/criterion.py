@@ -72,7 +72,10 @@ class SetCriterion(nn.Module):
 
     def match(self, outputs: Mapping[str, Tensor], targets: list[Target]) -> list[tuple[Tensor, Tensor]]:
         """Hungarian matching of the final decoder layer: per image (query_idx, target_idx), int64 (min(Q, N_i),)."""
-        return self.matcher(outputs["pred_logits"], outputs["pred_boxes"], targets)
+        device = outputs["pred_boxes"].device
+        # scipy solves on the host; the box losses, evaluated twice in a GAL step, then index on the device
+        indices = self.matcher(outputs["pred_logits"], outputs["pred_boxes"], targets)
+        return [(query.to(device), target.to(device)) for query, target in indices]
 
     def num_boxes(self, targets: list[Target], device: torch.device) -> Tensor:
         """Target boxes per rank: the total over ranks divided by the world size, at least 1; a 0-d float tensor."""
