@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -78,6 +79,8 @@ def test_unknown_model_name_is_a_clear_error():
 def test_pretrained_weights_offline_say_how_to_place_them(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    # huggingface_hub reads HF_HUB_OFFLINE when imported; once imported it would try the network (and back off)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="pretrained=false"):
         create_model("resnet18", num_classes=10, pretrained=True)
 

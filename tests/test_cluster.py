@@ -7,6 +7,7 @@ No SLURM here: the SLURM preset is composed and its checks are run against stand
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 import gal.train  # noqa: F401  (registers the ${objective_direction:...} resolver)
+from gal.cluster import check_slurm_request
 
 from .conftest import CONFIG_DIR
 
@@ -81,7 +83,7 @@ def test_the_slurm_preset_asks_for_one_task_per_gpu_and_reads_the_partition_from
 
 
 @pytest.fixture
-def fake_slurm(tmp_path) -> dict[str, str]:
+def fake_slurm(tmp_path, monkeypatch) -> Path:
     """PATH with an ``sinfo`` listing partitions debug and gpu (no default) and an ``sbatch`` that must not run."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -89,28 +91,42 @@ def fake_slurm(tmp_path) -> dict[str, str]:
     (bin_dir / "sbatch").write_text('#!/bin/sh\necho submitted > "$(dirname "$0")/called"\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SBATCH_PARTITION", raising=False)
+    return bin_dir
+
+
+def test_a_slurm_request_the_cluster_would_refuse_is_one_line_before_submitting(tmp_path, fake_slurm):
+    result = gal_command(["--multirun", "hydra/launcher=slurm", *QUICK, f"results_dir={tmp_path}"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: this cluster has no default partition: pass hydra.launcher.partition=<one of debug, gpu> "
+        "or export SBATCH_PARTITION"
+    )
+    assert not (fake_slurm / "called").exists()
+
+
+SLURM_REQUEST = {"partition": None, "gpus_per_node": 8, "tasks_per_node": 8}
 
 
 @pytest.mark.parametrize(
-    ("override", "message"),
+    ("change", "message"),
     [
-        (None, "error: this cluster has no default partition: pass hydra.launcher.partition=<one of debug, gpu>"),
-        ("hydra.launcher.partition=big", "error: hydra.launcher.partition=big: no partition big on this cluster"),
-        ("hydra.launcher.tasks_per_node=1", "error: hydra.launcher.tasks_per_node=1 but gpus_per_node=8"),
+        (
+            {"partition": "big"},
+            "hydra.launcher.partition=big: no partition big on this cluster; choose from debug, gpu",
+        ),
+        ({"partition": "gpu,big"}, "no partition big"),
+        ({"tasks_per_node": 1}, "hydra.launcher.tasks_per_node=1 but gpus_per_node=8"),
     ],
 )
-def test_a_slurm_request_the_cluster_would_refuse_is_one_line_before_submitting(
-    tmp_path, fake_slurm, override, message
-):
-    args = ["--multirun", "hydra/launcher=slurm", *QUICK, f"results_dir={tmp_path}"]
-    env = {**fake_slurm, "SBATCH_PARTITION": None}
-    result = gal_command([*args, override] if override else args, tmp_path, env)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(message)
-    assert "Traceback" not in result.stderr and not (tmp_path / "bin" / "called").exists()
+def test_what_sbatch_would_refuse_is_named(fake_slurm, change, message):
+    check_slurm_request({**SLURM_REQUEST, "partition": "gpu"})  # a request the cluster takes
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_slurm_request({**SLURM_REQUEST, **change})
 
 
-def test_slurm_without_sbatch_says_where_to_run(tmp_path):
-    env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin"}  # no SLURM tools
-    result = gal_command(["--multirun", "hydra/launcher=slurm", *QUICK, f"results_dir={tmp_path}"], tmp_path, env)
-    assert result.returncode == 1 and "run from a SLURM login node" in result.stderr
+def test_slurm_without_sbatch_says_where_to_run(monkeypatch):
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + "/usr/bin:/bin")  # no SLURM tools
+    with pytest.raises(ValueError, match="run from a SLURM login node"):
+        check_slurm_request(SLURM_REQUEST)
