@@ -175,12 +175,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
     dist_info = init_distributed(cfg.trainer.device)
     run_dir = Path(cfg.run_dir)
-    # rank 0 decides for all ranks: a rank that looked later could see the metrics.json rank 0 just wrote
-    finished = broadcast_from_main((run_dir / METRICS_FILE).exists())
-    if finished and not cfg.trainer.resume:
+    # rank 0 reads for all ranks: a rank that looked later could see the metrics.json rank 0 just wrote
+    finished = broadcast_from_main(_finished_metrics(run_dir) if dist_info.is_main else None)
+    if finished is not None and not cfg.trainer.resume:
         if cfg.trainer.if_exists == "skip":
             log.info("%s is done already; skipping it", run_dir)
-            return load_metrics(run_dir)["metrics"]
+            return finished
         raise FileExistsError(
             f"{run_dir / METRICS_FILE} exists and is kept: pass trainer.if_exists=skip to reuse it, "
             "trainer.resume=true to continue it, or choose another name=/seed="
@@ -196,6 +196,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_json(summary, run_dir / METRICS_FILE)
         log.warning("%s diverged: %s", run_dir, error)
         return {}
+
+
+def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run ({} for a diverged one), or None when it has not finished."""
+    return load_metrics(run_dir)["metrics"] if (run_dir / METRICS_FILE).exists() else None
 
 
 def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any]:
