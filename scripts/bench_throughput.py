@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -60,14 +61,16 @@ def build_trainee(model: nn.Module, adjuster: GradientAdjuster | None, channels_
     return Trainee(model, optimizer, adjuster, precision=Precision(device, "auto"), channels_last=channels_last)
 
 
-def trainer_arm(trainee: Trainee) -> Callable[[Batches], None]:
-    """One epoch of the shared trainer per call, logging disabled (no files, no progress bar)."""
-    task, runlog, progress = BenchTask(), RunLog(Path(os.devnull), enabled=False), tqdm(disable=True)
+def trainer_arm(trainee: Trainee, task: Any = None, log_every: int = LOG_EVERY) -> Callable[[Batches], None]:
+    """One epoch of the shared trainer per call on ``task`` (default: classification's injection point),
+    logging disabled (no files, no progress bar)."""
+    task = BenchTask() if task is None else task
+    runlog, progress = RunLog(Path(os.devnull), enabled=False), tqdm(disable=True)
     state = {"epoch": 0, "step": 0}
 
     def run(batches: Batches) -> None:
         state["step"] = train_one_epoch(
-            trainee, task, batches, runlog, state["epoch"], state["step"], LOG_EVERY, progress
+            trainee, task, batches, runlog, state["epoch"], state["step"], log_every, progress
         )
         state["epoch"] += 1
 

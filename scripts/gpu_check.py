@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import gc
 import importlib.util
-import os
 import sys
 import tempfile
 import time
@@ -40,17 +39,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from gal.adjuster import GradientAdjuster
 from gal.benchmarking import machine_record
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import write_json
-from gal.runlog import RunLog
 from gal.tasks.classification import create_model
 from gal.tasks.coco_data import collate_detection, write_synthetic_coco
-from gal.train import Trainee, build_adjuster, build_task, to_device, train_one_epoch
+from gal.train import Trainee, build_adjuster, build_task, to_device
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
@@ -180,20 +177,6 @@ def make_optimizer(cfg: DictConfig, params: Any, adjuster: GradientAdjuster | No
     return build_optimizer(params, adjuster, gal_lr=gal_lr, **kwargs)
 
 
-def trainer_arm(trainee: Trainee, task: Any, log_every: int) -> Arm:
-    """One epoch of the shared trainer per call, logging disabled (no files, no progress bar)."""
-    runlog, progress = RunLog(Path(os.devnull), enabled=False), tqdm(disable=True)
-    state = {"epoch": 0, "step": 0}
-
-    def run(batches: Batches) -> None:
-        state["step"] = train_one_epoch(
-            trainee, task, batches, runlog, state["epoch"], state["step"], log_every, progress
-        )
-        state["epoch"] += 1
-
-    return run
-
-
 def minimal_arm(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str, device: torch.device) -> Arm:
     """The hand-written loop: zero_grad, forward and cross-entropy under autocast, backward, step (+ GradScaler)."""
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
@@ -259,8 +242,8 @@ def classification_setup(
     gal_off = trainee_for(cfg, trained, model, None, case.precision, channels_last)
     gal_on = trainee_for(cfg, trained, model, adjuster, case.precision, channels_last)
     arms = {
-        "trainer_gal_off": trainer_arm(gal_off, task, log_every),
-        "trainer_gal_on": trainer_arm(gal_on, task, log_every),
+        "trainer_gal_off": bench_throughput.trainer_arm(gal_off, task, log_every),
+        "trainer_gal_on": bench_throughput.trainer_arm(gal_on, task, log_every),
         "minimal_loop": minimal_arm(trained, make_optimizer(cfg, model, None), case.precision, device),
     }
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -306,8 +289,8 @@ def detection_setup(
     gal_on = trainee_for(cfg, model, task.param_groups(model), adjuster, case.precision, channels_last)
     log_every = cfg.trainer.log_every
     arms = {
-        "trainer_gal_off": trainer_arm(gal_off, task, log_every),
-        "trainer_gal_on": trainer_arm(gal_on, task, log_every),
+        "trainer_gal_off": bench_throughput.trainer_arm(gal_off, task, log_every),
+        "trainer_gal_on": bench_throughput.trainer_arm(gal_on, task, log_every),
     }
     warmup = max(settings.warmup, len(batches))
     record = _row_record(cfg, model, channels_last) | {

@@ -44,3 +44,49 @@ def test_make_notebook_never_writes_over_the_committed_notebook():
     output = command.split("--output=")[1].split()[0]
     # nbclient appends .ipynb with Path.with_suffix: a dotted name like "analysis.run" would become analysis.ipynb
     assert "." not in output and output != "analysis"
+
+
+def test_a_paper_row_runs_three_seeds_under_torchrun_on_one_or_several_nodes():
+    assert (
+        dry_run("cifar100-sgd-gal")
+        .strip()
+        .endswith(
+            ".venv/bin/python -m gal --multirun experiment=table2_cifar100_sgd gal=on seed=0,1,2 trainer.if_exists=skip"
+        )
+    )
+    one_node = dry_run("cifar100-sgd-gal", "NPROC=8")
+    assert (
+        ".venv/bin/torchrun --standalone --nproc_per_node=8 -m gal --multirun experiment=table2_cifar100_sgd"
+        in one_node
+    )
+    two_nodes = dry_run("imagenet-resnet50-rmsprop", "NPROC=8", "NNODES=2", "RDZV=node0:29500")
+    assert (
+        "torchrun --nnodes=2 --rdzv-backend=c10d --rdzv-endpoint=node0:29500 --rdzv-id=gal --nproc_per_node=8 -m gal"
+        in two_nodes
+    )
+
+
+def test_several_nodes_without_a_rendezvous_is_a_one_line_error():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(
+        ["make", "-n", "imagenet-resnet50-rmsprop", "NNODES=2"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "NNODES=2 needs RDZV=<host of node 0>:<free port>" in result.stderr
+
+
+def test_cpu_sweeps_run_one_thread_per_run_several_at_a_time():
+    commands = dry_run("reproduce-digits", "JOBS=3")
+    assert "-j3" in commands and "digits-runs/on/4" in commands
+    assert "OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m gal --multirun" in commands
+    assert commands.count("experiment=digits gal=") == 10  # 2 arms x 5 seeds, each its own target
+    assert "-j3" in dry_run("reproduce-regression", "JOBS=3") and "-j3" in dry_run("ablations", "JOBS=3")
+
+
+def test_make_help_lists_the_targets():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    listing = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    for target in ("test", "reproduce-regression", "reproduce-digits", "ablations", "adarem", "gpu-check", "figures"):
+        assert f"\n  {target} " in "\n" + listing.stdout
+    assert "cifar100-sgd" in listing.stdout and "NNODES" in listing.stdout

@@ -177,3 +177,10 @@ def test_wandb_logger_writes_an_offline_run(make_config, monkeypatch):
     offline_runs = list((_run_dir(cfg) / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
     assert (_run_dir(cfg) / "log.jsonl").exists()  # the JSONL log is written either way
+
+
+def test_the_console_script_finds_the_configs_from_anywhere(tmp_path):
+    gal_train = Path(sys.executable).with_name("gal-train")  # pyproject's [project.scripts], = python -m gal
+    result = subprocess.run([str(gal_train), "--cfg", "job", "experiment=digits"], cwd=tmp_path, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "name: digits" in result.stdout.decode()
