@@ -182,3 +182,19 @@ def test_evaluation_feeds_images_in_the_models_memory_format():
     assert memory_format_of(model) == torch.contiguous_format
     assert memory_format_of(model.to(memory_format=torch.channels_last)) == torch.channels_last
     assert memory_format_of(nn.Linear(4, 2)) == torch.contiguous_format  # no 4-d weight
+
+
+def test_a_resumed_run_draws_the_augmentations_of_the_uninterrupted_one(tmp_path):
+    """ImageNet's RandAugment, random erasing, dropout and drop-path, in a worker process: the workers are
+    seeded from the checkpointed generator each epoch, so the resumed epochs see the same images."""
+    data = image_task_overrides("imagenet", tmp_path / "data")
+    common = [*data, "task=imagenet", "gal=on", "task.num_workers=1", "task.model.drop_rate=0.3"]
+    common += ["task.model.drop_path_rate=0.2", "trainer.progress=false", "optimizer=sgd", "optimizer.lr=0.05"]
+
+    def run(name: str, epochs: int, resume: bool = False) -> dict:
+        overrides = [*common, f"name={name}", f"trainer.epochs={epochs}", f"trainer.resume={str(resume).lower()}"]
+        return train(compose_config(overrides, tmp_path / "results"))
+
+    uninterrupted = run("straight", 3)
+    run("resumed", 1)
+    assert run("resumed", 3, resume=True) == uninterrupted

@@ -102,17 +102,15 @@ class ClassificationTask:
         return create_model(num_classes=self.num_classes, **self.model_kwargs)
 
     def loaders(self, seed: int, rank: int, world_size: int) -> tuple[DataLoader, DataLoader]:
-        workers = {
-            "num_workers": self.num_workers,
-            "pin_memory": torch.cuda.is_available(),
-            "persistent_workers": self.num_workers > 0,
-        }
+        # Workers start anew each epoch (not persistent), seeded from the process's generator, which the checkpoint
+        # keeps: a resumed run draws the augmentations of the uninterrupted one (persistent workers would carry
+        # their own generators, which no checkpoint holds). Evaluation's start for each evaluation only.
+        workers = {"num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         train = DataLoader(self.train_set, self.batch_size, sampler=shuffle, drop_last=True, **workers)
-        # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact; its workers start
-        # for each evaluation only, so that training does not hold a second set of workers (and their memory)
+        # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact
         shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
-        return train, DataLoader(shard, self.eval_batch_size, **{**workers, "persistent_workers": False})
+        return train, DataLoader(shard, self.eval_batch_size, **workers)
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
         images, labels = batch
