@@ -28,7 +28,6 @@ IMAGE_SEEDS := $(if $(SEEDS),$(SEEDS),0,1,2)
 ONE_THREAD := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
 # Offline copies of the data sets, when this checkout sits beside them (see README, "Data").
-comma := ,
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)/sklearn),)
 export SCIKIT_LEARN_DATA ?= $(SHARED_DATA)/sklearn
@@ -87,13 +86,12 @@ reproduce-regression: venv  ## Table V + its alpha sweep from real runs (5 seeds
 table5: venv  ## Table V's tables from the runs there are
 	$(PY) scripts/make_tables.py table5 table5_alpha
 
-# digits: one target per arm and seed, $(JOBS) at a time, one thread each
+# digits: one target per arm (a --multirun over the seeds, one process: start-up is paid once), side by side
 digits-runs/%: venv
-	$(ONE_THREAD) $(RUN) experiment=digits gal=$(word 1,$(subst /, ,$*)) seed=$(word 2,$(subst /, ,$*)) $(ARGS) \
-	  || echo "digits $* did not finish (see above)"
+	$(ONE_THREAD) $(RUN) experiment=digits gal=$* seed=$(REGRESSION_SEEDS) $(ARGS) || echo "digits $* did not finish (see above)"
 
 reproduce-digits: venv  ## digits (small CNN, real data) baseline vs GAL, 5 seeds, then its table
-	$(MAKE) --no-print-directory -j$(JOBS) $(foreach g,off on,$(foreach s,$(subst $(comma), ,$(REGRESSION_SEEDS)),digits-runs/$(g)/$(s)))
+	$(MAKE) --no-print-directory -j$(JOBS) digits-runs/off digits-runs/on
 	$(PY) scripts/make_tables.py digits
 
 # Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
