@@ -69,18 +69,18 @@ format: venv  ## ruff format + fixes
 
 # Table V: 3 data sets x {baseline, GAL} x 5 seeds, then alpha in {0.01, 0.1, 0.5} for GAL,
 # then the tables. A data set that cannot be loaded is reported, and its rows are marked missing.
-# One target per data set and arm, run $(JOBS) at a time, one thread each.
+# One target per data set and arm (and alpha), run $(JOBS) at a time, one thread each.
 TABLE5_DATASETS := boston diabetes california
 table5-runs/%: venv
 	$(ONE_THREAD) $(RUN) experiment=table5_$(word 1,$(subst /, ,$*)) gal=$(word 2,$(subst /, ,$*)) \
 	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5 $* did not finish (see above)"
 table5-alpha-runs/%: venv
-	$(ONE_THREAD) $(RUN) experiment=table5_$* gal=on gal.alpha=0.01,0.1,0.5 'name=table5_alpha$${gal.alpha}' \
-	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5_alpha on $* did not finish (see above)"
+	$(ONE_THREAD) $(RUN) experiment=table5_$(word 1,$(subst /, ,$*)) gal=on gal.alpha=$(word 2,$(subst /, ,$*)) \
+	  'name=table5_alpha$${gal.alpha}' seed=$(REGRESSION_SEEDS) $(ARGS) || echo "table5_alpha $* did not finish (see above)"
 
 reproduce-regression: venv  ## Table V + its alpha sweep from real runs (5 seeds), then the tables
 	$(MAKE) --no-print-directory -j$(JOBS) $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on \
-	  table5-alpha-runs/$(d))
+	  $(foreach a,0.01 0.1 0.5,table5-alpha-runs/$(d)/$(a)))
 	$(PY) scripts/make_tables.py table5 table5_alpha
 
 table5: venv  ## Table V's tables from the runs there are
