@@ -77,9 +77,12 @@ def trainer_arm(trainee: Trainee, task: Any = None, log_every: int = LOG_EVERY) 
     return run
 
 
-def minimal_arm(model: nn.Module, precision: Precision) -> Callable[[Batches], None]:
-    """The hand-written loop with the trainer's autocast dtype and loss scaling (fp16 only)."""
-    optimizer = torch.optim.SGD(model.parameters(), **SGD)
+def minimal_arm(
+    model: nn.Module, precision: Precision, optimizer: torch.optim.Optimizer | None = None
+) -> Callable[[Batches], None]:
+    """The hand-written loop with the trainer's autocast dtype and loss scaling (fp16 only); ``optimizer``
+    defaults to this benchmark's SGD."""
+    optimizer = torch.optim.SGD(model.parameters(), **SGD) if optimizer is None else optimizer
     scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.mode == "fp16")
     device_type, dtype = precision.device.type, precision.dtype
 
@@ -112,13 +115,20 @@ def quartiles(values: list[float]) -> dict[str, float]:
     return {"median": p50, "p25": p25, "p75": p75}
 
 
-def random_batches(n: int, batch: int, device: torch.device, channels_last: bool) -> Batches:
+def random_batches(
+    n: int,
+    batch: int,
+    device: torch.device,
+    channels_last: bool,
+    image_size: int = IMAGE_SIZE,
+    num_classes: int = NUM_CLASSES,
+) -> Batches:
     """``n`` batches of random images and labels, already on the device in the trainer's memory format."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     return [
         (
-            torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device).contiguous(memory_format=layout),
-            torch.randint(0, NUM_CLASSES, (batch,), device=device),
+            torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=layout),
+            torch.randint(0, num_classes, (batch,), device=device),
         )
         for _ in range(n)
     ]

@@ -38,7 +38,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.nn import functional as F
 
 from gal.adjuster import GradientAdjuster
 from gal.benchmarking import machine_record
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 _spec = importlib.util.spec_from_file_location("bench_throughput", Path(__file__).with_name("bench_throughput.py"))
 bench_throughput = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_throughput)  # epoch_seconds, quartiles, BenchTask: one copy, in that script
+_spec.loader.exec_module(bench_throughput)  # its arms, batches, timing and quartiles: one copy, in that script
 
 PRECISIONS = ("off", "bf16", "fp16")  # gal.precision.Precision modes: fp32, bf16 autocast, fp16 autocast + GradScaler
 COMPILE_CHOICES = ("default", "off", "on", "both")
@@ -177,24 +176,6 @@ def make_optimizer(cfg: DictConfig, params: Any, adjuster: GradientAdjuster | No
     return build_optimizer(params, adjuster, gal_lr=gal_lr, **kwargs)
 
 
-def minimal_arm(model: nn.Module, optimizer: torch.optim.Optimizer, mode: str, device: torch.device) -> Arm:
-    """The hand-written loop: zero_grad, forward and cross-entropy under autocast, backward, step (+ GradScaler)."""
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-    scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
-
-    def run(batches: Batches) -> None:
-        model.train()
-        for images, labels in batches:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(images).float(), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-    return run
-
-
 @dataclass
 class Setup:
     """What a case times: its arms, the batches they share, the GAL arm's adjuster, and facts for the record."""
@@ -244,17 +225,13 @@ def classification_setup(
     arms = {
         "trainer_gal_off": bench_throughput.trainer_arm(gal_off, task, log_every),
         "trainer_gal_on": bench_throughput.trainer_arm(gal_on, task, log_every),
-        "minimal_loop": minimal_arm(trained, make_optimizer(cfg, model, None), case.precision, device),
+        "minimal_loop": bench_throughput.minimal_arm(
+            trained, Precision(device, case.precision), make_optimizer(cfg, model, None)
+        ),
     }
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    size = (spec.batch, 3, spec.image_size, spec.image_size)
-    batches = [
-        (
-            torch.randn(size, device=device).contiguous(memory_format=layout),
-            torch.randint(0, num_classes, (spec.batch,), device=device),
-        )
-        for _ in range(settings.steps)
-    ]
+    batches = bench_throughput.random_batches(
+        settings.steps, spec.batch, device, channels_last, spec.image_size, num_classes
+    )
     record = _row_record(cfg, model, channels_last) | {"image_size": spec.image_size, "num_classes": num_classes}
     return Setup(arms, batches, adjuster, (batches * settings.warmup)[: settings.warmup], record)
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from timm.utils import random_seed
 from torchvision.transforms import v2
 
 from gal.checkpoint import load_checkpoint
 from gal.distributed import check_local_devices, check_nodes_alike
-from gal.rng import rng_state, seed_training, set_rng_state
+from gal.rng import rng_state, set_rng_state
 
 RUN = ["task=diabetes", "gal=on", "trainer.epochs=2", "trainer.progress=false"]
 TIMEOUT = 180  # seconds for one launch; a hung rendezvous fails here
@@ -123,7 +124,7 @@ def test_ranks_draw_different_augmentations_and_a_rank_repeats_its_own():
     image = torch.rand(3, 32, 32)
 
     def first_draws(rank: int) -> torch.Tensor:
-        seed_training(seed=7, rank=rank)
+        random_seed(seed=7, rank=rank)
         return torch.stack([augment(image) for _ in range(4)])
 
     assert not torch.equal(first_draws(0), first_draws(1))
@@ -132,7 +133,7 @@ def test_ranks_draw_different_augmentations_and_a_rank_repeats_its_own():
 
 def test_saved_generators_restore_every_draw(tmp_path):
     device = torch.device("cpu")
-    seed_training(3, rank=1)
+    random_seed(3, rank=1)
     torch.save(rng_state(device), tmp_path / "rng.pt")
 
     def draw() -> tuple:

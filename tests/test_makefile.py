@@ -11,11 +11,17 @@ SWEEPS = sorted(p.stem for p in (ROOT / "configs" / "ablation").glob("*.yaml"))
 GAL_ABLATIONS = [name for name in SWEEPS if name != "adarem"]  # adarem compares optimizers, GAL off
 
 
-def dry_run(*targets: str) -> str:
-    """`make -n` as a user would type it (not as a sub-make of `make test`, which would echo directories)."""
+def make(*args: str) -> subprocess.CompletedProcess:
+    """`make` as a user would type it (not as a sub-make of `make test`, which would echo directories)."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    command = ["make", "--no-print-directory", "-n", *targets]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def dry_run(*targets: str) -> str:
+    """The commands `make -n` prints."""
+    result = make("-n", *targets)
+    result.check_returncode()
+    return result.stdout
 
 
 def test_make_ablations_runs_every_gal_ablation_on_every_cpu_experiment_then_the_tables():
@@ -67,10 +73,7 @@ def test_a_paper_row_runs_three_seeds_under_torchrun_on_one_or_several_nodes():
 
 
 def test_several_nodes_without_a_rendezvous_is_a_one_line_error():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    result = subprocess.run(
-        ["make", "-n", "imagenet-resnet50-rmsprop", "NNODES=2"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    result = make("-n", "imagenet-resnet50-rmsprop", "NNODES=2")
     assert result.returncode != 0 and "NNODES=2 needs RDZV=<host of node 0>:<free port>" in result.stderr
 
 
@@ -84,10 +87,7 @@ def test_cpu_sweeps_run_one_thread_per_run_several_at_a_time():
 
 
 def test_make_help_lists_the_targets():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
-    listing = subprocess.run(
-        ["make", "--no-print-directory", "help"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    listing = make("help")
     for target in ("test", "reproduce-regression", "reproduce-digits", "ablations", "adarem", "gpu-check", "figures"):
         assert f"\n  {target} " in "\n" + listing.stdout
     assert "cifar100-sgd" in listing.stdout and "NNODES" in listing.stdout

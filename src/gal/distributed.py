@@ -72,9 +72,10 @@ def check_local_devices(device_type: str) -> None:
 def check_nodes_alike(world_size: int) -> None:
     """Every node runs as many processes as this one (torchrun's GROUP_WORLD_SIZE counts the nodes that joined)."""
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
-    if world_size != nodes * local_world_size():
+    here = local_world_size()
+    if world_size != nodes * here:
         raise ValueError(
-            f"{world_size} processes over {nodes} nodes, {local_world_size()} of them on this node: start every node "
+            f"{world_size} processes over {nodes} nodes, {here} of them on this node: start every node "
             "with the same NPROC (torchrun --nproc_per_node, SLURM tasks per node)"
         )
 

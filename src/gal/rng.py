@@ -4,7 +4,8 @@ Model and GAL initialisation draw from ``seed`` alone, so every rank starts from
 weights. What a rank draws while training (augmentations, dropout and drop-path masks,
 DataLoader worker seeds, GAL's random adjustments) comes from ``seed + rank``, so ranks do not
 repeat each other's draws; the data order stays a function of (seed, epoch) through each task's
-DistributedSampler. A checkpoint keeps every rank's generators so each rank resumes its own.
+DistributedSampler. Seeding is timm's ``random_seed(seed, rank)`` (torch, numpy and Python's
+``random``); a checkpoint keeps every rank's generators so each rank resumes its own.
 """
 
 import random
@@ -12,12 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from timm.utils import random_seed
-
-
-def seed_training(seed: int, rank: int) -> None:
-    """Seed torch, numpy and Python's ``random`` with ``seed + rank`` (timm.utils.random_seed)."""
-    random_seed(seed, rank)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.scheduler.scheduler import Scheduler
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -31,7 +31,7 @@ from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, load_metrics, write_json
-from gal.rng import rng_state, seed_training, set_rng_state
+from gal.rng import rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, start_wandb
 from gal.schedule import build_scheduler
 from gal.tasks import Task
@@ -204,12 +204,12 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any]:
-    seed_training(cfg.seed, rank=0)  # the same weights (model and h) on every rank
+    random_seed(cfg.seed, rank=0)  # the same weights (model and h) on every rank
     task = build_task(cfg.task)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size)
     epochs = task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
     model, trainee = _build_trainee(cfg, task, dist_info, epochs, len(train_loader))
-    seed_training(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
+    random_seed(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
     start_epoch, step = 0, 0
     checkpoint_path = run_dir / CHECKPOINT_FILE
