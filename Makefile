@@ -111,6 +111,14 @@ $(1)-gal: venv
 endef
 $(foreach row,$(PAPER_ROWS),$(eval $(call paper_row,$(word 1,$(subst :, ,$(row))),$(word 2,$(subst :, ,$(row))))))
 
+# Evaluate a trained DETR (facebookresearch/detr's model zoo file, or one of our last.pt) on COCO val2017 without
+# training: `make coco-detr-r50-eval CKPT=detr-r50-e632da11.pth` (r50 | r101: the backbone of the file). Each file
+# gets its own run directory, results/runs/table4_eval_<file name>/, apart from the table4 runs.
+coco-detr-%-eval: venv  ## COCO AP of a DETR checkpoint, CKPT=<file> (coco-detr-r50-eval, coco-detr-r101-eval)
+	$(if $(CKPT),,$(error $@ needs CKPT=<checkpoint file>, e.g. detr-r50-e632da11.pth from DETR's model zoo))
+	$(TRAIN) experiment=table4_coco_detr_$* gal=off task.checkpoint=$(abspath $(CKPT)) trainer.epochs=0 \
+	  name=table4_eval_$(basename $(notdir $(CKPT))) trainer.if_exists=skip $(ARGS)
+
 table1 table2 table3 table4 digits: venv  ## a paper table (or digits') from the runs there are
 	$(PY) scripts/make_tables.py $@
 

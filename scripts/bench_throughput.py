@@ -53,6 +53,9 @@ class BenchTask:
 
     features_and_loss = ClassificationTask.features_and_loss
 
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing  # the row's task.label_smoothing (ImageNet: 0.1)
+
 
 def build_trainee(model: nn.Module, adjuster: GradientAdjuster | None, channels_last: bool) -> Trainee:
     """The step's objects as gal.train._build_trainee makes them for SGD, without a scheduler or EMA."""

@@ -88,14 +88,13 @@ class ModelSpec:
         return self.image_size is None
 
 
-MODELS = {
-    # per-GPU batch 80: the authors' global 320 over 4 GPUs (configs/task/cifar10.yaml)
+MODELS = {  # batch per GPU and image size: the row's task.global_batch_size / GPUs, and its task.image_size
+    # 80: the global 320 (configs/task/cifar100.yaml) over 4 GPUs; 224 px, the authors' Resize(224)
     "effnet_b1_cifar": ModelSpec("table2_cifar100_sgd", 80, 224, 0.99, 0.05, 6.0),
-    # 260 px: EfficientNet-B2's resolution (Tan & Le 2019; timm tf_efficientnet_b2 input_size 260); 100 per GPU
-    # as the authors (configs/task/imagenet.yaml)
+    # 100: the global 800 over the authors' 8 GPUs; 260 px, their fork's efficientnet_b2 default_cfg
     "effnet_b2_imagenet": ModelSpec("table3_imagenet_effnet_b2", 100, 260, 0.99, 0.10, 6.0),
     "resnet50_imagenet": ModelSpec("table3_imagenet_resnet50", 100, 224, 0.99, 0.035, 5.0),
-    # batch 2 per process (configs/task/coco.yaml); random weights, nothing to download
+    # 2: DETR's global 16 over its 8 GPUs (configs/task/coco.yaml); random weights, nothing to download
     "detr_r50_coco": ModelSpec(
         "table4_coco_detr_r50", 2, None, 0.97, 0.08, 20.0, ("task.model.pretrained_backbone=false",)
     ),
@@ -219,7 +218,8 @@ def classification_setup(
         model = model.to(memory_format=torch.channels_last)
     adjuster = build_adjuster(cfg.gal, num_classes).to(device)
     trained = torch.compile(model) if case.compiled else model
-    task, log_every = bench_throughput.BenchTask(), cfg.trainer.log_every
+    task = bench_throughput.BenchTask(cfg.task.get("label_smoothing", 0.0))
+    log_every = cfg.trainer.log_every
     gal_off = trainee_for(cfg, trained, model, None, case.precision, channels_last)
     gal_on = trainee_for(cfg, trained, model, adjuster, case.precision, channels_last)
     arms = {

@@ -99,7 +99,7 @@ SMALL_IMAGE_TASK = [
     "task.model.name=test_efficientnet",
     "task.model.pretrained=false",
     "task.image_size=32",
-    "task.batch_size=8",
+    "task.global_batch_size=8",
     "task.eval_batch_size=16",
     "task.num_workers=0",
 ]
@@ -111,7 +111,7 @@ def image_task_overrides(task: str, data_dir: Path) -> list[str]:
         root = write_cifar(data_dir / task, task, n_train=32, n_test=16)
         return [f"task.root={root}", "task.download=false", "task.verify=false", *SMALL_IMAGE_TASK]
     if task == "coco":
-        return [f"task.root={synthetic_coco(data_dir / 'coco', 2)}", *TINY_DETR]
+        return [f"task.root={synthetic_coco(data_dir / 'coco', 2)}", *TINY_DETR, "task.global_batch_size=2"]
     if task == "imagenet":
         root = write_image_folder(data_dir / "imagenet", ["n01", "n02", "n03"], n_per_class=8, size=40)
         return [f"task.root={root}", "task.num_classes=3", *SMALL_IMAGE_TASK, "task.model.drop_rate=0.0",

@@ -48,7 +48,10 @@ def test_imagenet_recipe_has_ema_step_schedule_and_own_gal_lr(tmp_path):
     train(cfg)
     state = torch.load(Path(cfg.run_dir) / "last.pt", weights_only=True)
     assert state["ema"] and state["scheduler"]["decay_rate"] == 0.97
-    assert len(state["optimizer"]["param_groups"]) == 2
+    # the model's and h's parameters each without, then with weight decay (filter_bias_and_bn)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.0, 1e-5, 0.0, 1e-5]
+    assert state["scaler"]["scale"] > 0  # fp16 with loss scaling, as the authors' apex O1
 
 
 def test_digits_learns(tmp_path):
@@ -85,16 +88,70 @@ def test_pretrained_weights_offline_say_how_to_place_them(monkeypatch, tmp_path)
         create_model("resnet18", num_classes=10, pretrained=True)
 
 
+def test_a_pretrained_tag_timm_does_not_know_lists_its_tags():
+    with pytest.raises(ValueError, match=r"no pretrained tag 'tf_efficientnet_b1.bogus'.*tf_efficientnet_b1.aa_in1k"):
+        create_model("tf_efficientnet_b1.bogus", num_classes=10, pretrained=True)
+
+
+def test_missing_weights_name_the_tag_and_both_ways_to_place_them(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError) as error:
+        create_model("tf_efficientnet_b1.aa_in1k", num_classes=10, pretrained=True)
+    message = str(error.value)
+    assert "huggingface-cli download timm/tf_efficientnet_b1.aa_in1k" in message
+    assert "task.model.pretrained_file=PATH" in message and "pretrained=false" in message
+
+
+def test_pretrained_file_loads_local_weights_and_a_new_classifier(tmp_path):
+    """Offline weights: timm's pretrained_cfg_overlay(file=...) loads them; the 1000-class head is replaced."""
+    source = timm.create_model("test_efficientnet.r160_in1k", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    model = create_model(
+        "test_efficientnet.r160_in1k", 10, pretrained=True, pretrained_file=str(tmp_path / "weights.pth")
+    )
+    assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
+    assert model.get_classifier().out_features == 10
+    with pytest.raises(FileNotFoundError, match="task.model.pretrained_file=.*absent.pth is not a file"):
+        create_model("test_efficientnet.r160_in1k", 10, pretrained=True, pretrained_file=str(tmp_path / "absent.pth"))
+
+
+def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss():
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1, label_smoothing=0.1)
+    model = task.build_model()
+    images, labels = next(iter(task.loaders(0, 0, 1)[0]))
+    logits, loss_fn = task.features_and_loss(model, (images, labels))
+    smoothed = (0.9 * -logits.log_softmax(1).gather(1, labels[:, None])[:, 0]) - 0.1 * logits.log_softmax(1).mean(1)
+    torch.testing.assert_close(loss_fn(logits), smoothed)  # timm's LabelSmoothingCrossEntropy, per sample
+    assert task.evaluate(model, task.loaders(0, 0, 1)[1])["loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(model(task.eval_set.tensors[0]), task.eval_set.tensors[1]).item(), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_the_global_batch_is_split_among_the_processes(world_size):
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=32, epochs=1)
+    images, _ = next(iter(task.loaders(0, 0, world_size)[0]))
+    assert len(images) == 32 // world_size
+
+
+def test_a_global_batch_the_processes_do_not_divide_is_refused_before_training(tmp_path):
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=30, epochs=1)
+    with pytest.raises(ValueError, match="task.global_batch_size=30 does not divide among 4 processes"):
+        task.loaders(0, 0, 4)
+
+
 def test_eval_shards_are_disjoint_and_cover_the_split():
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, batch_size=32, epochs=1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=33, epochs=1)
     shards = [task.loaders(0, rank, 3)[1].dataset.indices for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(len(task.eval_set)))
 
 
 @pytest.mark.parametrize("gal", ["off", "on"])
 def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path, gal):
-    """2 gloo processes x 16 images == 1 process x 32 images: same batches, same averaged gradient,
-    and with GAL the same decisions and h (alpha 1, tentative lr 5000: some tentative steps overshoot).
+    """The same config (global batch 32) on 2 gloo processes (16 each) and on 1: same batches, same averaged
+    gradient, and with GAL the same decisions and h (alpha 1, tentative lr 5000: some tentative steps overshoot).
 
     One epoch (44 steps): training is chaotic enough that float rounding alone (even a different
     thread count in one process) grows to ~1e-2 in the weights by the second epoch.
@@ -107,13 +164,12 @@ def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path, gal):
         "optimizer.lr=0.005",
         "trainer.epochs=1",
         "trainer.progress=false",
+        "task.global_batch_size=32",
         f"results_dir={tmp_path}",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run([*torchrun, "-m", "gal.train", *common, "task.batch_size=16", "name=ddp"], check=True, cwd=tmp_path)
-    subprocess.run(
-        [sys.executable, "-m", "gal.train", *common, "task.batch_size=32", "name=single"], check=True, cwd=tmp_path
-    )
+    subprocess.run([*torchrun, "-m", "gal.train", *common, "name=ddp"], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "gal.train", *common, "name=single"], check=True, cwd=tmp_path)
     runs = {name: tmp_path / "runs" / name / f"digits/sgd/{gal}/seed=0" for name in ("ddp", "single")}
     for part in ("model", "adjuster"):  # the adjuster state is None with GAL off
         states = {name: torch.load(run / "last.pt", weights_only=True)[part] or {} for name, run in runs.items()}

@@ -78,11 +78,25 @@ def test_paper_presets_follow_the_paper():
         assert (cfg.gal.alpha, cfg.gal.beta) == (alpha, beta), experiment
         if task.startswith("cifar"):
             assert (cfg.task.model.name, cfg.task.model.pretrained, cfg.task.image_size) == (
-                "efficientnet_b1",
+                "tf_efficientnet_b1.aa_in1k",  # the authors' efficientnet_pytorch weights (see cifar10.yaml)
                 True,
                 224,
             )
+            assert (cfg.task.model.drop_rate, cfg.task.model.drop_path_rate) == (0.2, 0.2)
+            assert (cfg.task.global_batch_size, cfg.task.drop_last, cfg.task.get("label_smoothing", 0.0)) == (
+                320, False, 0.0,
+            )  # fmt: skip
+            assert (cfg.trainer.precision, cfg.optimizer.filter_bias_and_bn) == ("off", False)
             assert (cfg.scheduler.name, cfg.task.epochs) == ("multistep", 300)
+        else:  # the authors' timm fork: train_gal.sh flags and train_gal.py defaults
+            size = 260 if "effnet" in experiment else 224
+            assert (cfg.task.image_size, cfg.task.crop_pct, cfg.task.interpolation) == (size, 0.875, "bicubic")
+            assert (cfg.task.global_batch_size, cfg.task.label_smoothing, cfg.task.drop_last) == (800, 0.1, True)
+            assert cfg.task.augment.train_interpolation == "random" and cfg.scheduler.warmup_epochs == 3
+            assert (cfg.trainer.precision, cfg.optimizer.filter_bias_and_bn) == ("fp16", True)
+    for experiment in ("table4_coco_detr_r50", "table4_coco_detr_r101"):  # facebookresearch/detr main.py
+        cfg = compose_config([f"experiment={experiment}"])
+        assert (cfg.trainer.precision, cfg.task.global_batch_size) == ("off", 16)
 
 
 def test_cifar_schedule_decays_at_epochs_100_and_200():

@@ -20,7 +20,8 @@ from .synthetic_images import TINY_DETR, synthetic_coco
 def test_detr_trains_and_evaluates_with_cocoeval(tmp_path, gal):
     root = synthetic_coco(tmp_path / "coco", 4)
     overrides = ["experiment=table4_coco_detr_r50", f"gal={gal}", f"task.root={root}", *TINY_DETR]
-    cfg = compose_config([*overrides, "trainer.epochs=1", "trainer.progress=false"], tmp_path / "results")
+    overrides += ["task.global_batch_size=2", "trainer.epochs=1", "trainer.progress=false"]
+    cfg = compose_config(overrides, tmp_path / "results")
     metrics = train(cfg)
     assert set(metrics) == {"AP", "AP50", "AP75", "APS", "APM", "APL"}
     summary = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
@@ -31,7 +32,9 @@ def test_detr_trains_and_evaluates_with_cocoeval(tmp_path, gal):
 
 def test_gal_loss_is_the_box_terms_at_fixed_matching(tmp_path):
     root = synthetic_coco(tmp_path / "coco", 2)
-    cfg = compose_config(["experiment=table4_coco_detr_r50", f"task.root={root}", *TINY_DETR, "task.batch_size=2"])
+    cfg = compose_config(
+        ["experiment=table4_coco_detr_r50", f"task.root={root}", *TINY_DETR, "task.global_batch_size=2"]
+    )
     task = build_task(cfg.task)
     torch.manual_seed(0)
     model = task.build_model()
@@ -63,7 +66,7 @@ def test_tiny_detr_learns_the_synthetic_set(tmp_path, gal):
     overrides = [
         "experiment=table4_coco_detr_r50", f"gal={gal}", f"task.root={root}", *TINY_DETR,
         "task.model.hidden_dim=64", "task.model.nheads=4", "task.model.enc_layers=2", "task.model.dim_feedforward=128",
-        "task.model.num_queries=10", "task.augment=false", "task.batch_size=4", "trainer.epochs=200",
+        "task.model.num_queries=10", "task.augment=false", "task.global_batch_size=4", "trainer.epochs=200",
         "trainer.eval_every=200", "optimizer.lr=5e-4", "task.lr_backbone=5e-4", "scheduler=none",
         "trainer.progress=false",
     ]  # fmt: skip
@@ -74,10 +77,10 @@ def test_detr_trains_under_torchrun_with_two_processes(tmp_path):
     root = synthetic_coco(tmp_path / "coco", 4)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gal.train",
-        "experiment=table4_coco_detr_r50", "gal=on", f"task.root={root}", *TINY_DETR, "task.batch_size=1",
+        "experiment=table4_coco_detr_r50", "gal=on", f"task.root={root}", *TINY_DETR, "task.global_batch_size=2",
         "trainer.epochs=1", "trainer.progress=false", f"results_dir={tmp_path / 'results'}",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, cwd=tmp_path)
     summary = json.loads((tmp_path / "results/runs/table4/coco/adamw/on/seed=0/metrics.json").read_text())
-    assert summary["steps"] == 2  # 4 images, 2 ranks, 1 per step
+    assert summary["steps"] == 2  # 4 images, 2 ranks, 1 per step (a global batch of 2)
     assert set(summary["metrics"]) == {"AP", "AP50", "AP75", "APS", "APM", "APL"}

@@ -100,7 +100,7 @@ def jobs(tmp_path_factory) -> Path:
 def test_a_torchrun_multirun_finishes_every_seed_as_if_each_were_launched_alone(jobs):
     assert_same_run(run_dir(jobs, "multirun", 2), run_dir(jobs, "alone", 2))
     summary = json.loads((run_dir(jobs, "multirun", 2) / "metrics.json").read_text())
-    assert summary["steps"] == 2 * 6  # each rank sees 177 of 353 samples: 6 batches of 32 per epoch
+    assert summary["steps"] == 2 * 12  # each rank sees 177 of 353 samples: 12 batches of 16 (global 32) per epoch
     assert not any(key.startswith("module.") for key in load_checkpoint(run_dir(jobs, "alone", 2) / "last.pt")["model"])
 
 
@@ -167,7 +167,7 @@ def test_a_ddp_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
     # random adjustments draw from each rank's generator at every step: a rank resuming with another
     # rank's generators (or fresh ones) would train differently
     job = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "gal", "task=diabetes", "gal=on", "gal.kind=uniform"]
-    job += ["task.batch_size=8", "trainer.epochs=8", "trainer.progress=false", f"results_dir={tmp_path}"]
+    job += ["task.global_batch_size=8", "trainer.epochs=8", "trainer.progress=false", f"results_dir={tmp_path}"]
     launch([[*job, "name=straight"]], tmp_path)
     killed = subprocess.Popen([*job, "name=killed"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = run_dir(tmp_path, "killed", 0) / "last.pt"

@@ -5,7 +5,9 @@ import socket
 import numpy as np
 import pytest
 import torch
+from timm.data import ImageDataset
 from timm.data.auto_augment import RandAugment
+from timm.data.loader import PrefetchLoader
 from timm.data.random_erasing import RandomErasing
 from torchvision import transforms
 
@@ -14,10 +16,12 @@ from gal.tasks.image_data import (
     CIFAR_STD,
     DatasetUnavailableError,
     build_cifar,
-    build_image_folder,
+    build_imagenet,
     check_num_classes,
     cifar_transform,
-    imagenet_transform,
+    imagenet_data_config,
+    imagenet_eval_loader,
+    imagenet_train_loader,
     load_digits_split,
 )
 
@@ -77,22 +81,34 @@ def test_cifar_unknown_name_lists_the_valid_ones(tmp_path):
         build_cifar("cifar1000", str(tmp_path), train=True)
 
 
-def test_image_folder_with_timm_transforms(tmp_path):
-    root = str(write_image_folder(tmp_path, WNIDS, n_per_class=2))
-    train_transform = imagenet_transform(True, 64, auto_augment="rand-m9-mstd0.5", re_prob=0.2, re_mode="pixel")
-    eval_transform = imagenet_transform(False, 64, auto_augment="rand-m9-mstd0.5", re_prob=0.2, re_mode="pixel")
-    assert any(isinstance(t, RandAugment) for t in train_transform.transforms)
-    assert any(isinstance(t, RandomErasing) for t in train_transform.transforms)
-    assert [type(t) for t in eval_transform.transforms[:2]] == [transforms.Resize, transforms.CenterCrop]
-    assert eval_transform.transforms[0].size == int(64 / 0.875)  # timm's default crop_pct
-    train = build_image_folder(root, "train", train_transform)
-    val = build_image_folder(root, "val", eval_transform)
-    assert train.classes == val.classes == WNIDS and len(train) == len(val) == 6
+def test_imagenet_goes_through_timms_dataset_loader_and_prefetcher(tmp_path):
+    root = str(write_image_folder(tmp_path, WNIDS, n_per_class=4, size=48))
+    train, val = build_imagenet(root, "train"), build_imagenet(root, "val")
+    assert isinstance(train, ImageDataset) and len(train) == len(val) == 12
     check_num_classes(train, 3)
-    image, label = train[5]
-    assert image.shape == (3, 64, 64) and label == 2
-    torch.testing.assert_close(val[0][0], val[0][0])  # evaluation is deterministic
-    assert val[0][0].shape == (3, 64, 64)
+    config = imagenet_data_config("efficientnet_b2", 64, 0.875, "bicubic")
+    assert (config["input_size"], config["crop_pct"]) == ((3, 64, 64), 0.875)
+    augment = {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.2, "re_mode": "pixel", "train_interpolation": "random"}
+    loader = imagenet_train_loader(train, config, 5, augment, 0, seed=0, distributed=False, device=torch.device("cpu"))
+    assert isinstance(loader, PrefetchLoader) and len(loader) == 2  # drop_last, as timm's create_loader
+    on_workers = [type(t) for t in train.transform.transforms]
+    assert RandAugment in on_workers
+    assert transforms.Normalize not in on_workers and RandomErasing not in on_workers  # both on the device
+    assert len(train.transform.transforms[0].interpolation) == 2  # "random": bilinear or bicubic per image
+    assert loader.random_erasing.probability == 0.2 and loader.random_erasing.mode == "pixel"
+    images, labels = next(iter(loader))
+    assert images.shape == (5, 3, 64, 64) and images.dtype == torch.float32 and labels.dtype == torch.int64
+
+    evaluation = imagenet_eval_loader(val, config, 4, 0, rank=1, world_size=2, device=torch.device("cpu"))
+    assert list(evaluation.dataset.indices) == list(range(1, 12, 2))  # an unpadded shard
+    images, labels = next(iter(evaluation))
+    assert images.shape == (4, 3, 64, 64) and labels.tolist() == [val[i][1] for i in (1, 3, 5, 7)]
+    # the workers resize to 64 / 0.875 and center-crop to uint8; the prefetcher normalises on the device
+    assert val.transform.transforms[0].size == int(64 / 0.875)
+    pixels = torch.as_tensor(np.asarray(val[1][0]))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 64, 64)
+    mean, std = (torch.tensor(config[k]).view(3, 1, 1) * 255 for k in ("mean", "std"))
+    torch.testing.assert_close(images[0], (pixels.float() - mean) / std)
 
 
 @pytest.mark.parametrize("make_empty", [False, True])
@@ -100,7 +116,7 @@ def test_image_folder_missing_says_the_layout(tmp_path, make_empty):
     if make_empty:
         (tmp_path / "val").mkdir()
     with pytest.raises(DatasetUnavailableError) as error:
-        build_image_folder(str(tmp_path), "val")
+        build_imagenet(str(tmp_path), "val")
     message = str(error.value)
     assert f"{tmp_path}/val" in message and "train/<wnid>/*.JPEG" in message and "task.root=" in message
 

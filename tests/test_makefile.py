@@ -91,3 +91,11 @@ def test_make_help_lists_the_targets():
     for target in ("test", "reproduce-regression", "reproduce-digits", "ablations", "adarem", "gpu-check", "figures"):
         assert f"\n  {target} " in "\n" + listing.stdout
     assert "cifar100-sgd" in listing.stdout and "NNODES" in listing.stdout
+
+
+def test_a_detr_checkpoint_is_evaluated_without_training_in_a_run_directory_of_its_own():
+    command = dry_run("coco-detr-r101-eval", "CKPT=zoo/detr-r101-2c7b67e5.pth")
+    assert f"experiment=table4_coco_detr_r101 gal=off task.checkpoint={ROOT}/zoo/detr-r101-2c7b67e5.pth" in command
+    assert "trainer.epochs=0" in command and "name=table4_eval_detr-r101-2c7b67e5" in command
+    result = make("-n", "coco-detr-r50-eval")
+    assert result.returncode != 0 and "coco-detr-r50-eval needs CKPT=<checkpoint file>" in result.stderr

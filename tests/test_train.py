@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gal.checkpoint import load_checkpoint
+from gal.results import keep_best
 from gal.runlog import NonFiniteLossError
 from gal.tasks.regression import RegressionTask
 from gal.train import train
@@ -39,6 +40,35 @@ def test_run_writes_metrics_config_and_logs(make_config, gal):
         assert summary["gal_weights"] == 1 * 256 + 256 * 64 + 64 * 32 + 32 * 1
 
 
+def test_metrics_json_keeps_the_last_and_the_best_evaluation(make_config):
+    """ "best" is the evaluation with the task's best objective (diabetes: lowest test MSE), with its epoch."""
+    cfg = make_config(*FAST, "trainer.epochs=6", "optimizer.lr=0.03")  # a large lr: the test MSE goes up and down
+    metrics = train(cfg)
+    summary = json.loads((_run_dir(cfg) / "metrics.json").read_text())
+    evaluations = [
+        r for r in map(json.loads, (_run_dir(cfg) / "log.jsonl").read_text().splitlines()) if "eval/mse" in r
+    ]
+    lowest = min(evaluations, key=lambda r: r["eval/mse"])
+    assert summary["metrics"] == metrics == {k.removeprefix("eval/"): v for k, v in evaluations[-1].items()
+                                             if k.startswith("eval/")}  # fmt: skip
+    assert summary["best"]["metric"] == "mse" and summary["best"]["epoch"] == lowest["epoch"]
+    assert summary["best"]["metrics"] == {
+        k.removeprefix("eval/"): v for k, v in lowest.items() if k.startswith("eval/")
+    }
+    assert lowest["epoch"] != evaluations[-1]["epoch"]  # this run's best is not its last: the two differ
+
+
+def test_keep_best_follows_the_direction_and_never_prefers_nan():
+    best = keep_best(None, {"AP": 30.0}, 0, ("AP", "maximize"))
+    best = keep_best(best, {"AP": 35.0}, 1, ("AP", "maximize"))
+    best = keep_best(best, {"AP": float("nan")}, 2, ("AP", "maximize"))
+    assert keep_best(best, {"AP": 35.0}, 3, ("AP", "maximize"))["epoch"] == 1  # a tie keeps the earlier epoch
+    assert keep_best(None, {"mse": float("nan")}, 0, ("mse", "minimize"))["epoch"] == 0
+    assert keep_best(keep_best(None, {"mse": float("nan")}, 0, ("mse", "minimize")), {"mse": 9.0}, 1,
+                     ("mse", "minimize"))["epoch"] == 1  # fmt: skip
+    assert keep_best(best, {"AP": 20.0}, 4, ("AP", "maximize")) == {"metric": "AP", "epoch": 1, "metrics": {"AP": 35.0}}
+
+
 def test_both_arms_start_from_the_same_model(make_config):
     # With zero epochs the evaluated model is the initial one: equal metrics mean equal weights.
     initial = {gal: train(make_config(*FAST, f"gal={gal}", "trainer.epochs=0")) for gal in ("off", "on")}
@@ -64,6 +94,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, make_config, gal):
     train(make_config(*FAST, f"gal={gal}", "trainer.epochs=2", "name=resumed"))
     resumed_cfg = make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "name=resumed", "trainer.resume=true")
     assert train(resumed_cfg) == uninterrupted
+    best = [
+        json.loads((results / "metrics.json").read_text())["best"]
+        for results in (
+            _run_dir(make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "name=straight")),
+            _run_dir(resumed_cfg),
+        )
+    ]
+    assert best[0] == best[1]  # the best of the first two epochs came back from the checkpoint
     state = load_checkpoint(_run_dir(resumed_cfg) / "last.pt")  # weights_only=True
     assert (
         state["epoch"] == 4

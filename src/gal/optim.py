@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_optimizer
 import timm.optim
+import torch
 from torch import nn
 from torch.optim import Optimizer
 
@@ -37,28 +38,60 @@ def build_optimizer(
     lr: float,
     weight_decay: float = 0.0,
     gal_lr: float | None = None,
+    filter_bias_and_bn: bool = False,
     **kwargs: Any,
 ) -> Optimizer:
-    """Optimizer ``name`` over the model's parameters (group 0, or the given groups) and h's (last group).
+    """Optimizer ``name`` over the model's parameters (the first groups) and h's (the last ones).
 
     h uses the same optimizer class and hyperparameters as the model (the authors' code),
     with its own learning rate when ``gal_lr`` is set (ImageNet: 0.016). ``kwargs`` are the
     config's other keys (momentum, betas, k, final_lr, ...) and reach the builder unchanged.
+
+    ``filter_bias_and_bn`` (timm create_optimizer_v2's name) splits the model and h each into a group
+    without weight decay (biases, 1-D params such as norm weights) and one with it: see :func:`decay_groups`.
+    False keeps L2 on every parameter, one group for the model and one for h (the authors' CIFAR code).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}")
-    if isinstance(model, nn.Module):
-        groups: ParamGroups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    else:  # a task's own groups, e.g. DETR's backbone with its own lr
-        groups = list(model)
-    adjuster_params = list(adjuster.parameters()) if adjuster is not None else []
-    if adjuster_params:
-        groups.append({"params": adjuster_params, **({"lr": gal_lr} if gal_lr is not None else {})})
+    if filter_bias_and_bn:
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                "filter_bias_and_bn needs the model as an nn.Module, to find its biases and 1-D params by name; "
+                "it got param groups (a task's param_groups)"
+            )
+        groups = decay_groups(model, weight_decay)
+        h_groups = decay_groups(adjuster, weight_decay) if adjuster is not None else []
+        weight_decay = 0.0  # each group carries its own, as in timm's create_optimizer_v2 and the authors' fork
+    else:
+        if isinstance(model, nn.Module):
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        else:  # a task's own groups, e.g. DETR's backbone with its own lr
+            groups = list(model)
+        h_params = list(adjuster.parameters()) if adjuster is not None else []
+        h_groups = [{"params": h_params}] if h_params else []  # h of kind uniform / normal has none
+    if gal_lr is not None:
+        h_groups = [{**group, "lr": gal_lr} for group in h_groups]
+    groups += h_groups
     if name == "adarem_s" and isinstance(model, nn.Module):
         kwargs.setdefault("bn_weights", preceding_batchnorm(model))  # the weights AdaRem-S keeps on a sphere
     if "betas" in kwargs:
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives a list; a checkpoint then keeps the tuple
     return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def decay_groups(module: nn.Module, weight_decay: float) -> ParamGroups:
+    """timm.optim.param_groups_weight_decay: ``[{params, weight_decay: 0.0}, {params, weight_decay}]``, empty
+    groups left out; biases, params with ndim <= 1 and the names in ``module.no_weight_decay()`` go without decay.
+
+    The authors' ImageNet runs: imagenet/train_gal.py calls create_optimizer_gal(args, model, regressor) with
+    filter_bias_and_bn=True, which (imagenet/timm/optim/optim_factory.py, luoyan407/gradient_adjustment
+    commit 77c431b) groups the model with add_weight_decay and h with add_weight_decay_lr(regressor, wd,
+    gal_lr), both in this order, on ``len(param.shape) == 1 or name.endswith(".bias")``. timm's test also
+    spares 0-d params and no_weight_decay() names; timm's resnet50 and efficientnet_b2 have neither.
+    """
+    no_weight_decay = module.no_weight_decay() if hasattr(module, "no_weight_decay") else ()
+    # keywords: the third positional parameter is weight_decay_exclude_1d
+    return timm.optim.param_groups_weight_decay(module, weight_decay=weight_decay, no_weight_decay_list=no_weight_decay)
 
 
 @register("sgd")
@@ -75,19 +108,56 @@ def sgd(params: ParamGroups, lr: float, weight_decay: float, momentum: float = 0
 def lookahead(
     params: ParamGroups, lr: float, weight_decay: float, k: int = 5, alpha: float = 0.8, **sgd_kwargs: Any
 ) -> Optimizer:
-    """timm's Lookahead around :func:`sgd`; k=5, alpha=0.8 are the authors' CIFAR code's defaults.
+    """:class:`AuthorsLookahead` around :func:`sgd`; k=5, alpha=0.8 are the authors' CIFAR code's defaults.
 
     Every k steps the slow weights move alpha of the way to the fast ones, and the fast weights
-    restart from there (Zhang et al. 2019). The slow weights, the step count, k and alpha live in the
-    inner SGD's state and param groups, so state_dict() round-trips them as tensors and numbers.
+    restart from there (Zhang et al. 2019), in the authors' phase: syncs at steps 1, k+1, 2k+1, ...
     """
-    inner = sgd(params, lr, weight_decay, **sgd_kwargs)
-    for group in inner.param_groups:
-        for p in group["params"]:
-            # timm creates the slow weights at the first sync, from the fast weights after k steps, which
-            # makes that sync a no-op; the paper starts them at the initial weights (phi_0 = theta_0).
-            inner.state[p]["lookahead_slow_buff"] = p.detach().clone()
-    return timm.optim.Lookahead(inner, alpha=alpha, k=k)
+    return AuthorsLookahead(sgd(params, lr, weight_decay, **sgd_kwargs), alpha=alpha, k=k)
+
+
+class AuthorsLookahead(timm.optim.Lookahead):
+    """timm's Lookahead in the phase and arithmetic of the authors' CIFAR Lookahead.
+
+    cifar/src/lookahead.py (luoyan407/gradient_adjustment commit 77c431b, from alphadl/lookahead.pytorch;
+    cifar/train_cifar.py wraps SGD with k=5, alpha=0.8) tests its counter before counting::
+
+        loss = self.optimizer.step(closure)
+        for group in self.param_groups:
+            if group["counter"] == 0:
+                self.update(group)
+            group["counter"] += 1
+            if group["counter"] >= self.k:
+                group["counter"] = 0
+
+    and ``update`` creates ``slow_param`` as a copy of the fast weights the first time, then does
+    ``slow += (fast.data - slow) * self.alpha; fast.data.copy_(slow)``. So step 1 syncs, a no-op that sets the
+    slow weights to the weights after the first step (phi_0 = theta_1, not Alg. 1's theta_0), and steps
+    k+1, 2k+1, ... sync. timm counts first and syncs at steps k, 2k, ...; ``lookahead_step`` here still counts
+    the steps taken. timm's ``slow.add_(fast - slow, alpha=alpha)`` fuses the multiply-add (one rounding
+    instead of two) and skips params without a grad; ``update_slow`` below does neither, as the authors'.
+    The slow weights stay in the inner optimizer's state as timm's ``lookahead_slow_buff``, and the counter,
+    k and alpha in its param groups, so state_dict() holds them as tensors and numbers.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = self._base_optimizer.step(closure)
+        for group in self._base_optimizer.param_groups:
+            group["lookahead_step"] += 1
+            if (group["lookahead_step"] - 1) % group["lookahead_k"] == 0:  # steps 1, k+1, 2k+1, ...
+                self.update_slow(group)
+        return loss
+
+    @torch.no_grad()
+    def update_slow(self, group: dict[str, Any]) -> None:
+        for fast in group["params"]:
+            state = self._base_optimizer.state[fast]
+            if "lookahead_slow_buff" not in state:
+                state["lookahead_slow_buff"] = fast.detach().clone()
+            slow = state["lookahead_slow_buff"]
+            slow += (fast - slow) * group["lookahead_alpha"]
+            fast.copy_(slow)
 
 
 @register("adabound")

@@ -2,7 +2,8 @@
 
 A run lives in results/runs/<experiment>/<task>/<optimizer>/<gal>/seed=<n>/ and holds
 config.yaml, log.jsonl, last.pt (the latest epoch's checkpoint) and, once finished,
-metrics.json (resolved config + final metrics).
+metrics.json: the resolved config, the last evaluation's metrics ("metrics") and the evaluation
+that was best by the task's objective ("best", with its epoch).
 """
 
 import json
@@ -33,6 +34,21 @@ def run_dirs(results_dir: Path, experiment: str, task: str, optimizer: str, gal:
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / METRICS_FILE).read_text())
+
+
+def keep_best(
+    best: dict[str, Any] | None, metrics: dict[str, float], epoch: int, objective: tuple[str, str]
+) -> dict[str, Any]:
+    """The better of ``best`` and this evaluation by the task's objective (metric, "minimize" | "maximize"):
+    {"metric": name, "epoch": 0-based as in log.jsonl, "metrics": all of that evaluation's metrics}.
+    A NaN never wins over a number; on a tie the earlier epoch stays."""
+    metric, direction = objective
+    value = metrics.get(metric, float("nan"))
+    if best is not None:
+        held = best["metrics"].get(metric, float("nan"))
+        if np.isnan(value) or not (np.isnan(held) or (value < held if direction == "minimize" else value > held)):
+            return best
+    return {"metric": metric, "epoch": epoch, "metrics": dict(metrics)}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from gal.checkpoint import load_checkpoint, save_checkpoint
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import METRICS_FILE, load_metrics, write_json
+from gal.results import METRICS_FILE, keep_best, load_metrics, write_json
 from gal.rng import rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, start_wandb
 from gal.schedule import build_scheduler
@@ -206,15 +206,20 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
 def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any]:
     random_seed(cfg.seed, rank=0)  # the same weights (model and h) on every rank
     task = build_task(cfg.task)
-    train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size)
+    train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size, dist_info.device)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"the training split ({len(train_loader.dataset)} samples here) does not fill one batch of "
+            f"{train_loader.batch_size} per process: lower task.global_batch_size or use more data"
+        )
     epochs = task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
     model, trainee = _build_trainee(cfg, task, dist_info, epochs, len(train_loader))
     random_seed(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
-    start_epoch, step = 0, 0
+    start_epoch, step, best = 0, 0, None
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if cfg.trainer.resume and checkpoint_path.exists():
-        start_epoch, step = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info)
+        start_epoch, step, best = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info)
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -249,19 +254,22 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
                 if trainee.oscillation is not None:
                     metrics["oscillation_q"] = trainee.oscillation.value().item()
                 runlog.log_epoch(epoch, step, metrics)
+                best = keep_best(best, metrics, epoch, task.objective)
             if cfg.trainer.checkpoint:
                 every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
                 if dist_info.is_main:
-                    state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg)
+                    state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best)
                     save_checkpoint(state, checkpoint_path)
-        if not metrics:  # resumed a finished run: nothing left to train
+        if not metrics:  # resumed a finished run, or trained no epochs (evaluating a checkpoint)
             metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
+            best = best or keep_best(None, metrics, start_epoch - 1, task.objective)
     finally:
         progress.close()
         runlog.close()
     if dist_info.is_main:
         summary = {
-            "metrics": metrics,
+            "metrics": metrics,  # the last evaluation's
+            "best": best,  # the best evaluation by the task's objective (what Tables I-III report), with its epoch
             "epochs": epochs,
             "steps": step,
             "train_seconds": time.perf_counter() - started,
@@ -303,7 +311,13 @@ def _build_trainee(
 
 
 def _state(
-    model: nn.Module, trainee: Trainee, epoch: int, step: int, rng: list[dict[str, Any]], config: dict[str, Any]
+    model: nn.Module,
+    trainee: Trainee,
+    epoch: int,
+    step: int,
+    rng: list[dict[str, Any]],
+    config: dict[str, Any],
+    best: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a resumed run needs, ``rng`` holding each rank's generators in rank order;
     tensors and plain containers only (weights_only loads)."""
@@ -316,12 +330,15 @@ def _state(
         "epoch": epoch,
         "step": step,
         "rng": rng,
+        "best": best,
         "config": config,
     }
 
 
-def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_info: DistInfo) -> tuple[int, int]:
-    """Load a checkpoint into the run's objects; each rank takes back its own generators."""
+def _restore(
+    state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_info: DistInfo
+) -> tuple[int, int, dict[str, Any] | None]:
+    """Load a checkpoint into the run's objects, each rank taking back its own generators; (epoch, step, best)."""
     saved_ranks = len(state.get("rng", []))
     if saved_ranks != dist_info.world_size:
         raise ValueError(
@@ -341,7 +358,7 @@ def _restore(state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_inf
     trainee.optimizer.load_state_dict(state["optimizer"])
     trainee.precision.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][dist_info.rank], dist_info.device)
-    return state["epoch"], state["step"]
+    return state["epoch"], state["step"], state.get("best")
 
 
 def task_objective(task_target: str) -> tuple[str, str]:

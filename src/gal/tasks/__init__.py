@@ -7,6 +7,7 @@ Adding a task is one module here and one YAML file in configs/task/.
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -17,6 +18,17 @@ class DatasetUnavailableError(RuntimeError):
     """A data set cannot be loaded here; the message says how to get it."""
 
 
+def per_process_batch(global_batch_size: int, world_size: int) -> int:
+    """Each process's share of the recipe's global batch (the paper's lr belongs to the global batch)."""
+    if global_batch_size < world_size or global_batch_size % world_size:
+        raise ValueError(
+            f"task.global_batch_size={global_batch_size} does not divide among {world_size} processes: run with a "
+            f"process count that divides it, or set task.global_batch_size to a multiple of {world_size} "
+            "(the lr is the recipe's for its global batch: scale optimizer.lr yourself if you change it)"
+        )
+    return global_batch_size // world_size
+
+
 class Task(Protocol):
     feature_dim: int  # size of z's last dimension, the GAL dim
     epochs: int  # the task's training length (trainer.epochs overrides it)
@@ -25,8 +37,12 @@ class Task(Protocol):
 
     def build_model(self) -> nn.Module: ...
 
-    def loaders(self, seed: int, rank: int, world_size: int) -> tuple[DataLoader, DataLoader]:
-        """(train, eval); the train loader's sampler has ``set_epoch`` (deterministic per epoch)."""
+    def loaders(
+        self, seed: int, rank: int, world_size: int, device: torch.device | None = None
+    ) -> tuple[DataLoader, DataLoader]:
+        """(train, eval) for one of ``world_size`` processes, each train batch ``per_process_batch`` of the task's
+        global batch; the train sampler has ``set_epoch`` (deterministic per epoch) unless it draws from the
+        process's generator. ``device`` is where a loader may put its batches itself (timm's prefetcher)."""
         ...
 
     def features_and_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, LossFn] | tuple[Tensor, LossFn, Tensor]:

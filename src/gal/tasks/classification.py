@@ -4,23 +4,28 @@ The loss is per-sample cross-entropy; the metrics are top-1/top-5 accuracy, top-
 and the mean loss over the evaluation split, summed across ranks under torchrun.
 """
 
+import os
 from typing import Any
 
 import timm
 import torch
 import torch.distributed as dist
+from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
 from gal.precision import memory_format_of
+from gal.tasks import per_process_batch
 from gal.tasks.image_data import (
     build_cifar,
-    build_image_folder,
+    build_imagenet,
     check_num_classes,
     cifar_transform,
-    imagenet_transform,
+    imagenet_data_config,
+    imagenet_eval_loader,
+    imagenet_train_loader,
     load_digits_split,
 )
 
@@ -28,15 +33,10 @@ DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 
 
 def build_datasets(
-    dataset: str,
-    root: str | None,
-    image_size: int,
-    download: bool,
-    augment: dict[str, Any],
-    split_seed: int,
-    verify: bool = True,
+    dataset: str, root: str | None, image_size: int, download: bool, split_seed: int, verify: bool = True
 ) -> tuple[Dataset, Dataset]:
-    """(train, eval) splits of ``dataset`` with the recipe's transforms."""
+    """(train, eval) splits of ``dataset``; CIFAR's with the authors' transforms, ImageNet's get theirs from the
+    loaders (timm's loader sets the transform of the data set it is given)."""
     if dataset == "digits":
         return load_digits_split(split_seed=split_seed)
     if dataset in ("cifar10", "cifar100"):
@@ -45,26 +45,35 @@ def build_datasets(
             build_cifar(dataset, root, False, cifar_transform(False, image_size), download, verify),
         )
     if dataset == "imagenet":
-        return (
-            build_image_folder(root, "train", imagenet_transform(True, image_size, **augment)),
-            build_image_folder(root, "val", imagenet_transform(False, image_size, **augment)),
-        )
+        return build_imagenet(root, "train"), build_imagenet(root, "val")
     raise ValueError(f"unknown classification dataset {dataset!r}; choose one of {DATASETS}")
 
 
-def create_model(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """timm.create_model, with a clear error when pretrained weights cannot be fetched."""
-    if name not in timm.list_models():
+def create_model(
+    name: str, num_classes: int, pretrained: bool = False, pretrained_file: str | None = None, **kwargs: Any
+) -> nn.Module:
+    """timm.create_model; ``pretrained_file`` loads the weights from a local file (timm's pretrained_cfg_overlay)
+    instead of the Hugging Face hub. An unknown name or tag, or weights that cannot be had, is a clear error."""
+    if not timm.is_model(name):
         raise ValueError(f"unknown model {name!r}: see timm.list_models() (e.g. efficientnet_b1, resnet50)")
+    if "." in name and name not in timm.list_pretrained(name):
+        tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
+        raise ValueError(f"timm has no pretrained tag {name!r}; its tags: {', '.join(tags) or 'none'}")
+    if pretrained_file is not None:
+        if not os.path.isfile(pretrained_file):
+            raise FileNotFoundError(f"task.model.pretrained_file={pretrained_file} is not a file")
+        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(pretrained_file)}
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as error:
         if not pretrained:
             raise
+        hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
         raise RuntimeError(
-            f"could not fetch pretrained weights for {name!r} ({type(error).__name__}: {error}). Place them in "
-            "the Hugging Face cache ($HF_HOME, e.g. with `huggingface-cli download timm/<model>` on a machine "
-            "online) or set task.model.pretrained=false"
+            f"could not load the pretrained weights of {name!r} ({type(error).__name__}: {error}). Either put them "
+            f"in the Hugging Face cache ($HF_HOME; on a machine online: `huggingface-cli download {hub_id}`, then "
+            "copy the cache over), or download the file and pass task.model.pretrained_file=PATH; or train from "
+            "scratch with task.model.pretrained=false"
         ) from error
 
 
@@ -78,43 +87,73 @@ class ClassificationTask:
         dataset: str,
         num_classes: int,
         model: dict[str, Any],
-        batch_size: int,
+        global_batch_size: int,
         epochs: int,
         root: str | None = None,
-        image_size: int = 224,
+        image_size: int | None = 224,
         download: bool = True,
         num_workers: int = 0,
         eval_batch_size: int | None = None,
         augment: dict[str, Any] | None = None,
         split_seed: int = 0,
         verify: bool = True,
+        drop_last: bool = True,
+        label_smoothing: float = 0.0,
+        crop_pct: float | None = None,
+        interpolation: str | None = None,
     ) -> None:
-        self.train_set, self.eval_set = build_datasets(
-            dataset, root, image_size, download, dict(augment or {}), split_seed, verify
-        )
+        """``global_batch_size`` is the recipe's batch over all processes; ``eval_batch_size`` is per process.
+        ``label_smoothing`` is in the training loss (GAL's loss_fn included), not in the reported test loss.
+        ImageNet: ``image_size``, ``crop_pct`` and the eval ``interpolation`` default (None) to the model's
+        pretrained config (timm's resolve_data_config); ``augment`` holds the training augmentation."""
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.dataset = dataset
+        self.train_set, self.eval_set = build_datasets(dataset, root, image_size, download, split_seed, verify)
         check_num_classes(self.train_set, num_classes)
+        if dataset == "imagenet":
+            self.data_config = imagenet_data_config(model["name"], image_size, crop_pct, interpolation)
         self.num_classes = self.feature_dim = num_classes
         self.model_kwargs = dict(model)
-        self.batch_size, self.epochs, self.num_workers = batch_size, epochs, num_workers
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.global_batch_size, self.epochs, self.num_workers = global_batch_size, epochs, num_workers
+        self.eval_batch_size = eval_batch_size or global_batch_size
+        self.augment, self.drop_last, self.label_smoothing = dict(augment or {}), drop_last, label_smoothing
 
     def build_model(self) -> nn.Module:
         return create_model(num_classes=self.num_classes, **self.model_kwargs)
 
-    def loaders(self, seed: int, rank: int, world_size: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, seed: int, rank: int, world_size: int, device: torch.device | None = None
+    ) -> tuple[DataLoader, DataLoader]:
         # Workers start anew each epoch (not persistent), seeded from the process's generator, which the checkpoint
         # keeps: a resumed run draws the augmentations of the uninterrupted one (persistent workers would carry
         # their own generators, which no checkpoint holds). Evaluation's start for each evaluation only.
-        workers = {"num_workers": self.num_workers, "pin_memory": torch.cuda.is_available()}
+        batch_size = per_process_batch(self.global_batch_size, world_size)
+        device = device or torch.device("cpu")
+        if self.dataset == "imagenet":
+            train = imagenet_train_loader(
+                self.train_set, self.data_config, batch_size, self.augment, self.num_workers, seed, world_size > 1,
+                device,
+            )  # fmt: skip
+            evaluation = imagenet_eval_loader(
+                self.eval_set, self.data_config, self.eval_batch_size, self.num_workers, rank, world_size, device
+            )
+            return train, evaluation
+        workers = {"num_workers": self.num_workers, "pin_memory": device.type == "cuda"}
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        train = DataLoader(self.train_set, self.batch_size, sampler=shuffle, drop_last=True, **workers)
+        train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=self.drop_last, **workers)
         # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact
         shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
         return train, DataLoader(shard, self.eval_batch_size, **workers)
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
         images, labels = batch
-        return model(images), lambda logits: F.cross_entropy(logits.float(), labels, reduction="none")
+        smoothing = self.label_smoothing
+
+        def loss_fn(logits: Tensor) -> Tensor:
+            return F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=smoothing)
+
+        return model(images), loss_fn
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:

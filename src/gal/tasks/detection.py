@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from gal.models.detr.criterion import SetCriterion
 from gal.models.detr.detr import build_detr
 from gal.models.detr.matcher import HungarianMatcher
+from gal.models.detr.official import load_official_checkpoint
+from gal.tasks import per_process_batch
 from gal.tasks.coco_data import build_coco, collate_detection, detr_transforms
 from gal.tasks.coco_eval import evaluate_coco, gather_detections, postprocess, to_coco_results
 
@@ -35,7 +37,7 @@ class DetectionTask:
         self,
         root: str,
         model: dict[str, Any],
-        batch_size: int,
+        global_batch_size: int,
         epochs: int,
         lr_backbone: float = 1e-5,
         num_classes: int = 91,
@@ -47,6 +49,7 @@ class DetectionTask:
         num_workers: int = 2,
         eval_batch_size: int | None = None,
         augment: bool = True,
+        checkpoint: str | None = None,
     ) -> None:
         transform_kwargs = {"max_size": max_size, **({"scales": tuple(scales)} if scales else {})}
         self.train_set = build_coco(root, "train", detr_transforms(augment, **transform_kwargs), num_classes)
@@ -55,11 +58,18 @@ class DetectionTask:
         self.criterion = SetCriterion(
             num_classes, HungarianMatcher(**(cost or {})), eos_coef, loss_weights, model.get("aux_loss", True)
         )
-        self.batch_size, self.epochs, self.lr_backbone = batch_size, epochs, lr_backbone
-        self.num_workers, self.eval_batch_size = num_workers, eval_batch_size or batch_size
+        self.global_batch_size, self.epochs, self.lr_backbone = global_batch_size, epochs, lr_backbone
+        self.num_workers, self.eval_batch_size = num_workers, eval_batch_size or global_batch_size
+        self.checkpoint = checkpoint
 
     def build_model(self) -> nn.Module:
-        return build_detr(**self.model_kwargs)
+        """DETR as configured; with ``checkpoint``, its weights (official DETR or ours) loaded strictly."""
+        if self.checkpoint is None:
+            return build_detr(**self.model_kwargs)
+        # the checkpoint replaces every weight: no ImageNet download for the backbone
+        model = build_detr(**{**self.model_kwargs, "pretrained_backbone": False})
+        load_official_checkpoint(model, self.checkpoint)
+        return model
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """The transformer and heads at the optimizer's lr (first: they produce z), the backbone at its own."""
@@ -68,14 +78,18 @@ class DetectionTask:
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_backbone]
         return [{"params": rest}, {"params": backbone, "lr": self.lr_backbone}]
 
-    def loaders(self, seed: int, rank: int, world_size: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, seed: int, rank: int, world_size: int, device: torch.device | None = None
+    ) -> tuple[DataLoader, DataLoader]:
+        batch_size = per_process_batch(self.global_batch_size, world_size)
         workers = {
             "num_workers": self.num_workers,
             "collate_fn": collate_detection,
-            "pin_memory": torch.cuda.is_available(),
+            "pin_memory": device is not None and device.type == "cuda",
         }
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        train = DataLoader(self.train_set, self.batch_size, sampler=shuffle, drop_last=True, **workers)
+        # facebookresearch/detr main.py: BatchSampler(sampler_train, batch_size, drop_last=True)
+        train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=True, **workers)
         shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
         return train, DataLoader(shard, self.eval_batch_size, **workers)
 

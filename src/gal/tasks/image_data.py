@@ -1,19 +1,22 @@
 """Image classification data: CIFAR-10/100 (Tables I-II), ImageNet (Table III) and scikit-learn's digits.
 
-Every loader is torchvision's or timm's own; this module only picks the recipe values, says where
-each comes from, and turns a missing data set into a :class:`DatasetUnavailableError` that says
-where to put the files.
+Every loader is torchvision's or timm's own (ImageNet: timm's data set, loader and prefetcher, as the authors
+ran it); this module only picks the recipe values, says where each comes from, and turns a missing data set
+into a :class:`DatasetUnavailableError` that says where to put the files.
 """
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch.utils.data import Dataset, TensorDataset
+from timm.data import ImageDataset, create_dataset, create_loader, create_transform, resolve_data_config
+from timm.data.loader import PrefetchLoader, fast_collate
+from timm.models import get_pretrained_cfg
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
 from gal.tasks import DatasetUnavailableError
@@ -70,50 +73,99 @@ def _without_md5(cifar: type[datasets.CIFAR10]) -> type[datasets.CIFAR10]:
     return type(cifar.__name__, (cifar,), no_md5)
 
 
-def imagenet_transform(
-    train: bool,
-    image_size: int,
-    auto_augment: str | None,
-    re_prob: float,
-    re_mode: str,
-    interpolation: str = "bicubic",
-    crop_pct: float | None = None,
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
-    std: tuple[float, ...] = IMAGENET_DEFAULT_STD,
-) -> transforms.Compose:
-    """timm's ImageNet transform, as timm's train.py builds it for the authors' EfficientNet-B2 run.
-
-    Train: RandomResizedCrop(image_size), horizontal flip, ``auto_augment`` (the authors' --aa
-    "rand-m9-mstd0.5", a RandAugment policy; timm then drops colour jitter), ToTensor, Normalize,
-    random erasing (the authors' --reprob 0.2 --remode pixel; PAPER_NOTES, Table III).
-    Eval: resize to image_size / crop_pct and center crop (timm's default crop_pct 0.875 when None).
-    mean and std are timm's ImageNet defaults. timm's train.py trains with --train-interpolation
-    "random" by default: pass interpolation="random" for that.
-    """
-    return create_transform(
-        input_size=image_size,
-        is_training=train,
-        auto_augment=auto_augment,
-        re_prob=re_prob,
-        re_mode=re_mode,
-        interpolation=interpolation,
-        crop_pct=crop_pct,
-        mean=mean,
-        std=std,
-    )
+def imagenet_data_config(
+    model_name: str, image_size: int | None = None, crop_pct: float | None = None, interpolation: str | None = None
+) -> dict[str, Any]:
+    """Input size, eval crop, eval interpolation, mean and std: timm's ``resolve_data_config`` over the model's
+    pretrained config, with the recipe's values where given, as the authors' train_gal.py resolves them."""
+    args = {"input_size": (3, image_size, image_size) if image_size else None, "crop_pct": crop_pct}
+    args["interpolation"] = interpolation
+    pretrained_cfg = get_pretrained_cfg(model_name)
+    return resolve_data_config(args, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
 
 
-def build_image_folder(root: str, split: str, transform: Callable | None = None) -> datasets.ImageFolder:
-    """torchvision's ImageFolder over ``root/split`` (ImageNet: split "train" or "val")."""
+def build_imagenet(root: str, split: str) -> ImageDataset:
+    """timm's folder data set over ``root/split`` (``create_dataset("")``, the authors' timm ``Dataset``);
+    the loaders below set its transform."""
     folder = os.path.join(root, split)
     try:
-        return datasets.ImageFolder(folder, transform=transform)
-    except FileNotFoundError as error:  # no folder, or a folder without class folders of images
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{folder} is not a folder")
+        return create_dataset("", root=folder, split=split, search_split=False)
+    except (FileNotFoundError, RuntimeError) as error:  # no folder, or no class folders of images in it
         raise DatasetUnavailableError(
             f"no image folder at {folder}: expected {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
             "(one folder per class; ImageNet's flat val/ reorganised into class folders, e.g. with the usual "
             f"valprep.sh script); set task.root=... to the folder that holds train/ and val/ ({error})"
         ) from error
+
+
+def imagenet_train_loader(
+    dataset: ImageDataset,
+    data_config: dict[str, Any],
+    batch_size: int,
+    augment: dict[str, Any],
+    num_workers: int,
+    seed: int,
+    distributed: bool,
+    device: torch.device,
+) -> PrefetchLoader:
+    """timm's ``create_loader`` as the authors' train_gal.py calls it: RandomResizedCrop, flip, ``augment``'s
+    auto_augment (their --aa rand-m9-mstd0.5; timm then drops colour jitter) and train_interpolation (their
+    --train-interpolation default "random") on the workers; uint8 batches normalised and randomly erased (--reprob
+    0.2 --remode pixel) on ``device`` by timm's prefetcher; drop_last as timm. Workers are not persistent: each
+    epoch's start from the process's generator, which a checkpoint keeps (see ClassificationTask.loaders)."""
+    loader = create_loader(
+        dataset,
+        input_size=data_config["input_size"],
+        batch_size=batch_size,
+        is_training=True,
+        use_prefetcher=True,
+        re_prob=augment.get("re_prob", 0.0),
+        re_mode=augment.get("re_mode", "pixel"),
+        auto_augment=augment.get("auto_augment"),
+        interpolation=augment.get("train_interpolation", "random"),
+        mean=data_config["mean"],
+        std=data_config["std"],
+        num_workers=num_workers,
+        distributed=distributed,
+        pin_memory=device.type == "cuda",
+        device=device,
+        persistent_workers=False,
+    )
+    if distributed:  # create_loader's DistributedSampler(dataset) has seed 0 in every run: the order follows ours
+        loader.sampler.seed = seed
+    return loader
+
+
+def imagenet_eval_loader(
+    dataset: ImageDataset,
+    data_config: dict[str, Any],
+    batch_size: int,
+    num_workers: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> PrefetchLoader:
+    """Resize to input_size / crop_pct, center crop, normalise on ``device``: timm's eval transform and prefetcher.
+
+    Every rank takes a disjoint shard (rank, rank + world_size, ...), unpadded, so summed metrics are exact; timm's
+    OrderedDistributedSampler would pad the shards with repeated images.
+    """
+    dataset.transform = create_transform(
+        data_config["input_size"],
+        is_training=False,
+        use_prefetcher=True,
+        interpolation=data_config["interpolation"],
+        crop_pct=data_config["crop_pct"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+    )
+    shard = Subset(dataset, range(rank, len(dataset), world_size))
+    loader = DataLoader(
+        shard, batch_size, num_workers=num_workers, collate_fn=fast_collate, pin_memory=device.type == "cuda"
+    )
+    return PrefetchLoader(loader, mean=data_config["mean"], std=data_config["std"], device=device)
 
 
 def load_digits_split(test_size: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -137,11 +189,13 @@ def _tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
 def check_num_classes(dataset: Dataset, num_classes: int) -> None:
     """Raise ValueError unless ``dataset`` has ``num_classes`` classes (checked before training starts).
 
-    The count is ``len(dataset.classes)`` for torchvision's data sets and the number of distinct
-    labels for a TensorDataset of (inputs, labels).
+    The count is ``len(dataset.classes)`` for torchvision's data sets, the class folders of timm's folder data
+    set, and the number of distinct labels for a TensorDataset of (inputs, labels).
     """
     if hasattr(dataset, "classes"):
         found = len(dataset.classes)
+    elif isinstance(dataset, ImageDataset):
+        found = len(dataset.reader.class_to_idx)
     elif isinstance(dataset, TensorDataset):
         found = int(dataset.tensors[1].unique().numel())
     else:

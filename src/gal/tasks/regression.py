@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
 from gal.models.mlp import MLP
-from gal.tasks import DatasetUnavailableError
+from gal.tasks import DatasetUnavailableError, per_process_batch
 
 
 def load_boston(csv_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +101,7 @@ class RegressionTask:
         self,
         dataset: str,
         hidden: list[int],
-        batch_size: int,
+        global_batch_size: int,
         epochs: int,
         test_size: float = 0.2,
         split_seed: int = 0,
@@ -115,7 +115,7 @@ class RegressionTask:
         self.train_set = TensorDataset(self._scale_x(x_train), self._scale_y(y_train))
         self.test_set = TensorDataset(self._scale_x(x_test), torch.as_tensor(y_test, dtype=torch.float32))
         self.in_dim, self.hidden = x.shape[1], list(hidden)
-        self.batch_size, self.epochs = batch_size, epochs
+        self.global_batch_size, self.epochs = global_batch_size, epochs
 
     def _scale_x(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor((x - self.x_mean) / self.x_std, dtype=torch.float32)
@@ -126,11 +126,14 @@ class RegressionTask:
     def build_model(self) -> nn.Module:
         return MLP(self.in_dim, self.hidden, 1)
 
-    def loaders(self, seed: int, rank: int, world_size: int) -> tuple[DataLoader, DataLoader]:
+    def loaders(
+        self, seed: int, rank: int, world_size: int, device: torch.device | None = None
+    ) -> tuple[DataLoader, DataLoader]:
         # Whole batches are sliced out of the tensors at once (batch_size=None + a batch
         # sampler): per-sample indexing and collation would dominate these tiny models' steps.
+        batch_size = per_process_batch(self.global_batch_size, world_size)
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        train = DataLoader(self.train_set, batch_size=None, sampler=BatchSampler(shuffle, self.batch_size, False))
+        train = DataLoader(self.train_set, batch_size=None, sampler=BatchSampler(shuffle, batch_size, False))
         test = DataLoader(self.test_set, batch_size=len(self.test_set))
         return train, test
 
