@@ -11,6 +11,7 @@ import timm
 import torch
 from torch import nn
 
+from gal.errors import ConfigError
 from gal.precision import memory_format_of
 from gal.tasks.classification import ClassificationTask, create_model
 from gal.train import train
@@ -113,7 +114,7 @@ def test_pretrained_file_loads_local_weights_and_a_new_classifier(tmp_path):
     )
     assert torch.equal(model.conv_stem.weight, source.conv_stem.weight)
     assert model.get_classifier().out_features == 10
-    with pytest.raises(FileNotFoundError, match="task.model.pretrained_file=.*absent.pth is not a file"):
+    with pytest.raises(ConfigError, match="task.model.pretrained_file=.*absent.pth is not a file"):
         create_model("test_efficientnet.r160_in1k", 10, pretrained=True, pretrained_file=str(tmp_path / "absent.pth"))
 
 

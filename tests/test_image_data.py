@@ -139,3 +139,22 @@ def test_check_num_classes_names_both_numbers_and_the_key():
     train, _ = load_digits_split()
     with pytest.raises(ValueError, match=r"10 classes .* built for 100: set task.num_classes=10"):
         check_num_classes(train, 100)
+
+
+def test_imagenet_train_order_under_ddp_follows_the_runs_seed(tmp_path):
+    """timm's create_loader gives every run a DistributedSampler seeded 0; ours takes the run's seed."""
+    root = str(write_image_folder(tmp_path, WNIDS, n_per_class=4, size=16))
+    config = imagenet_data_config("resnet18", 16)
+    store = torch.distributed.HashStore()
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        orders = {}
+        for seed in (0, 1):
+            loader = imagenet_train_loader(
+                build_imagenet(root, "train"), config, 4, {}, 0, seed, True, torch.device("cpu")
+            )
+            assert isinstance(loader.sampler, torch.utils.data.DistributedSampler) and loader.sampler.seed == seed
+            orders[seed] = list(loader.sampler)
+        assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1]) == list(range(12))
+    finally:
+        torch.distributed.destroy_process_group()

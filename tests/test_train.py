@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from gal.checkpoint import load_checkpoint
+from gal.errors import ConfigError
 from gal.results import keep_best
 from gal.runlog import NonFiniteLossError
 from gal.tasks.regression import RegressionTask
-from gal.train import train
+from gal.train import run, train
 
 FAST = ["task=diabetes", "trainer.epochs=2", "trainer.progress=false", "trainer.log_every=5"]
 
@@ -205,6 +206,28 @@ def test_command_line_rejects_unknown_names_and_keys(tmp_path, override, message
     command = [sys.executable, "-m", "gal.train", override, f"results_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode != 0 and message in result.stderr
+
+
+def test_a_setting_to_fix_is_one_line_on_the_command_line_before_training(tmp_path):
+    command = [sys.executable, "-m", "gal", "task=diabetes", "gal=on", "gal.alpha=2", f"results_dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr == "error: alpha must lie in [0, 1] (Eq. 4), got 2\n"
+    assert not list(tmp_path.rglob("log.jsonl"))  # nothing trained
+
+
+def test_a_setting_to_fix_is_said_by_the_first_rank_only_or_raised_with_hydra_full_error(make_config, monkeypatch):
+    """Every process of a torchrun job meets the same error; only the first prints it."""
+    cfg = make_config(*FAST, "task.global_batch_size=0")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        run(cfg)
+    assert exit_info.value.code == 1
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit, match="error: task.global_batch_size must be a positive integer"):
+        run(cfg)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # Hydra's switch for the whole traceback
+    with pytest.raises(ConfigError, match="task.global_batch_size must be a positive integer"):
+        run(cfg)
 
 
 def test_wandb_logger_writes_an_offline_run(make_config, monkeypatch):

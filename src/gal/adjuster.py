@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from gal.distributed import average_across_ranks, world_size
+from gal.errors import ConfigError
 
 KINDS = ("mlp", "cnn", "uniform", "normal")
 POLICIES = ("le", "lt", "always", "never")
@@ -284,16 +285,16 @@ class GradientAdjuster(nn.Module):
 
 def _check_args(dim, arch, alpha, beta, policy, kind, activation) -> None:
     if not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int (the feature size of z), got {dim!r}")
+        raise ConfigError(f"dim must be a positive int (the feature size of z), got {dim!r}")
     if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1] (Eq. 4), got {alpha}")
+        raise ConfigError(f"alpha must lie in [0, 1] (Eq. 4), got {alpha}")
     if not float(beta) > 0.0:
-        raise ValueError(f"beta must be > 0 (tentative lr = beta * lr), got {beta}")
+        raise ConfigError(f"beta must be > 0 (tentative lr = beta * lr), got {beta}")
     if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        raise ConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind in ("mlp", "cnn") and (len(arch) == 0 or any(int(w) < 1 for w in arch)):
-        raise ValueError(f"arch must be a non-empty list of positive widths for kind={kind!r}, got {list(arch)}")
+        raise ConfigError(f"arch must be a non-empty list of positive widths for kind={kind!r}, got {list(arch)}")
     if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        raise ConfigError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")

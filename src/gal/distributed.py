@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from timm.utils.distributed import init_distributed_device_so, is_distributed_env
 
+from gal.errors import ConfigError
+
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -40,11 +42,11 @@ _joined: DistInfo | None = None  # this process's membership, once joined
 def resolve_device_type(device: str) -> str:
     """``trainer.device`` as 'cpu' or 'cuda'; asking for CUDA where there is none is an error."""
     if device not in DEVICES:
-        raise ValueError(f"trainer.device must be one of {DEVICES}, got {device!r}")
+        raise ConfigError(f"trainer.device must be one of {DEVICES}, got {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but no CUDA device is visible here: use trainer.device=auto or cpu")
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible here: use trainer.device=auto or cpu")
     return device
 
 
@@ -63,7 +65,7 @@ def check_local_devices(device_type: str) -> None:
         return
     wanted, visible = local_world_size(), torch.cuda.device_count()
     if wanted > visible:
-        raise ValueError(
+        raise ConfigError(
             f"{wanted} processes on this node but only {visible} visible CUDA device(s): lower NPROC "
             "(torchrun --nproc_per_node) or tasks_per_node to at most the GPU count"
         )
@@ -74,7 +76,7 @@ def check_nodes_alike(world_size: int) -> None:
     nodes = int(os.environ.get("GROUP_WORLD_SIZE", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
     here = local_world_size()
     if world_size != nodes * here:
-        raise ValueError(
+        raise ConfigError(
             f"{world_size} processes over {nodes} nodes, {here} of them on this node: start every node "
             "with the same NPROC (torchrun --nproc_per_node, SLURM tasks per node)"
         )
@@ -98,7 +100,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     device_type = resolve_device_type(device)
     if _joined is not None:
         if _joined.device.type != device_type:
-            raise ValueError(
+            raise ConfigError(
                 f"this process trains on {_joined.device.type} and cannot switch to {device_type} between the "
                 "runs of one --multirun: launch a separate job for each trainer.device"
             )

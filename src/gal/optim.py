@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from gal.adarem import AdaRem, AdaRemS, preceding_batchnorm
+from gal.errors import ConfigError
 
 ParamGroups = list[dict[str, Any]]
 OptimizerBuilder = Callable[..., Optimizer]
@@ -52,10 +53,10 @@ def build_optimizer(
     False keeps L2 on every parameter, one group for the model and one for h (the authors' CIFAR code).
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}")
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of: {', '.join(sorted(OPTIMIZERS))}")
     if filter_bias_and_bn:
         if not isinstance(model, nn.Module):
-            raise ValueError(
+            raise ConfigError(
                 "filter_bias_and_bn needs the model as an nn.Module, to find its biases and 1-D params by name; "
                 "it got param groups (a task's param_groups)"
             )

@@ -4,6 +4,8 @@ import contextlib
 
 import torch
 
+from gal.errors import ConfigError
+
 MODES = ("auto", "off", "bf16", "fp16")
 
 
@@ -16,7 +18,7 @@ class Precision:
 
     def __init__(self, device: torch.device, mode: str = "auto") -> None:
         if mode not in MODES:
-            raise ValueError(f"trainer.precision must be one of {MODES}, got {mode!r}")
+            raise ConfigError(f"trainer.precision must be one of {MODES}, got {mode!r}")
         if mode == "auto":
             if device.type != "cuda":
                 mode = "off"

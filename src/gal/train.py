@@ -7,6 +7,7 @@ replaces ``loss.backward()`` when GAL is on. Runs under torchrun unchanged.
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
 from gal.checkpoint import load_checkpoint, save_checkpoint
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
+from gal.errors import ConfigError, RunExistsError, SetupError
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, keep_best, load_metrics, write_json
@@ -170,9 +172,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     group is joined by the first run and kept for the next ones (gal.distributed).
     """
     if cfg.trainer.if_exists not in IF_EXISTS:
-        raise ValueError(f"trainer.if_exists must be one of {IF_EXISTS}, got {cfg.trainer.if_exists!r}")
+        raise ConfigError(f"trainer.if_exists must be one of {IF_EXISTS}, got {cfg.trainer.if_exists!r}")
     if cfg.trainer.on_nonfinite not in ON_NONFINITE:
-        raise ValueError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
+        raise ConfigError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
     dist_info = init_distributed(cfg.trainer.device)
     run_dir = Path(cfg.run_dir)
     # rank 0 reads for all ranks: a rank that looked later could see the metrics.json rank 0 just wrote
@@ -181,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.trainer.if_exists == "skip":
             log.info("%s is done already; skipping it", run_dir)
             return finished
-        raise FileExistsError(
+        raise RunExistsError(
             f"{run_dir / METRICS_FILE} exists and is kept: pass trainer.if_exists=skip to reuse it, "
             "trainer.resume=true to continue it, or choose another name=/seed="
         )
@@ -208,7 +210,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
     task = build_task(cfg.task)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size, dist_info.device)
     if len(train_loader) == 0:
-        raise ValueError(
+        raise ConfigError(
             f"the training split ({len(train_loader.dataset)} samples here) does not fill one batch of "
             f"{train_loader.batch_size} per process: lower task.global_batch_size or use more data"
         )
@@ -341,7 +343,7 @@ def _restore(
     """Load a checkpoint into the run's objects, each rank taking back its own generators; (epoch, step, best)."""
     saved_ranks = len(state.get("rng", []))
     if saved_ranks != dist_info.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint was written by {saved_ranks or 'an unknown number of'} process(es) and this run has "
             f"{dist_info.world_size}: resume with the same NPROC (and nodes) as the run was started with"
         )
@@ -349,7 +351,7 @@ def _restore(
     for key in OPTIONAL_STATE:
         part = getattr(trainee, key)
         if part is not None and state.get(key) is None:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint has no {key} state: the run was started without it, so it cannot be resumed "
                 "with it; resume with the run's own settings (its config.yaml) or start a new run"
             )
@@ -373,10 +375,19 @@ OmegaConf.register_new_resolver("objective_direction", lambda target: task_objec
 def run(cfg: DictConfig) -> float:
     """Hydra's task function: train one run and return the task's objective metric (for sweepers).
 
+    A :class:`gal.errors.SetupError` (a setting or file to fix) ends the command with one line, ``error: ...``.
+
     It lives here, not in ``__main__``, so that launchers that pickle it (submitit) do so by reference.
     """
     metric, _ = task_objective(cfg.task._target_)
-    return float(train(cfg).get(metric, math.nan))  # NaN for a diverged run: Optuna marks the trial failed
+    try:
+        metrics = train(cfg)
+    except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        # every process of a torchrun job meets the same error: the first one says it
+        raise SystemExit(f"error: {error}" if os.environ.get("RANK", "0") == "0" else 1) from None
+    return float(metrics.get(metric, math.nan))  # NaN for a diverged run: Optuna marks the trial failed
 
 
 # An absolute path: Hydra would look for a relative one inside the package when the entry point is a module

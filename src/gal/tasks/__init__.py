@@ -11,17 +11,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from gal.errors import ConfigError, DatasetUnavailableError
+
+__all__ = ["DatasetUnavailableError", "LossFn", "Task", "per_process_batch"]
+
 LossFn = Callable[[Tensor], Tensor]
-
-
-class DatasetUnavailableError(RuntimeError):
-    """A data set cannot be loaded here; the message says how to get it."""
 
 
 def per_process_batch(global_batch_size: int, world_size: int) -> int:
     """Each process's share of the recipe's global batch (the paper's lr belongs to the global batch)."""
+    if not isinstance(global_batch_size, int) or global_batch_size < 1:
+        raise ConfigError(f"task.global_batch_size must be a positive integer, got {global_batch_size!r}")
     if global_batch_size < world_size or global_batch_size % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"task.global_batch_size={global_batch_size} does not divide among {world_size} processes: run with a "
             f"process count that divides it, or set task.global_batch_size to a multiple of {world_size} "
             "(the lr is the recipe's for its global batch: scale optimizer.lr yourself if you change it)"

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
+from gal.errors import ConfigError, WeightsUnavailableError
 from gal.precision import memory_format_of
 from gal.tasks import per_process_batch
 from gal.tasks.image_data import (
@@ -46,7 +47,7 @@ def build_datasets(
         )
     if dataset == "imagenet":
         return build_imagenet(root, "train"), build_imagenet(root, "val")
-    raise ValueError(f"unknown classification dataset {dataset!r}; choose one of {DATASETS}")
+    raise ConfigError(f"unknown classification dataset {dataset!r}; choose one of {DATASETS}")
 
 
 def create_model(
@@ -55,13 +56,13 @@ def create_model(
     """timm.create_model; ``pretrained_file`` loads the weights from a local file (timm's pretrained_cfg_overlay)
     instead of the Hugging Face hub. An unknown name or tag, or weights that cannot be had, is a clear error."""
     if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}: see timm.list_models() (e.g. efficientnet_b1, resnet50)")
+        raise ConfigError(f"unknown model {name!r}: see timm.list_models() (e.g. efficientnet_b1, resnet50)")
     if "." in name and name not in timm.list_pretrained(name):
         tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
-        raise ValueError(f"timm has no pretrained tag {name!r}; its tags: {', '.join(tags) or 'none'}")
+        raise ConfigError(f"timm has no pretrained tag {name!r}; its tags: {', '.join(tags) or 'none'}")
     if pretrained_file is not None:
         if not os.path.isfile(pretrained_file):
-            raise FileNotFoundError(f"task.model.pretrained_file={pretrained_file} is not a file")
+            raise ConfigError(f"task.model.pretrained_file={pretrained_file} is not a file")
         kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(pretrained_file)}
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
@@ -69,7 +70,7 @@ def create_model(
         if not pretrained:
             raise
         hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"could not load the pretrained weights of {name!r} ({type(error).__name__}: {error}). Either put them "
             f"in the Hugging Face cache ($HF_HOME; on a machine online: `huggingface-cli download {hub_id}`, then "
             "copy the cache over), or download the file and pass task.model.pretrained_file=PATH; or train from "
@@ -107,7 +108,7 @@ class ClassificationTask:
         ImageNet: ``image_size``, ``crop_pct`` and the eval ``interpolation`` default (None) to the model's
         pretrained config (timm's resolve_data_config); ``augment`` holds the training augmentation."""
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
+            raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.dataset = dataset
         self.train_set, self.eval_set = build_datasets(dataset, root, image_size, download, split_seed, verify)
         check_num_classes(self.train_set, num_classes)

@@ -19,6 +19,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import datasets, transforms
 
+from gal.errors import ConfigError
 from gal.tasks import DatasetUnavailableError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # authors' CIFAR code (PAPER_NOTES, "CIFAR recipe")
@@ -48,7 +49,7 @@ def build_cifar(
     files in the same format turn off. The downloaded archive is always checked.
     """
     if name not in CIFAR_DATASETS:
-        raise ValueError(f"unknown CIFAR data set {name!r}; choose one of {sorted(CIFAR_DATASETS)}")
+        raise ConfigError(f"unknown CIFAR data set {name!r}; choose one of {sorted(CIFAR_DATASETS)}")
     cifar = CIFAR_DATASETS[name] if verify else _without_md5(CIFAR_DATASETS[name])
     try:
         return cifar(root, train=train, transform=transform, download=download)
@@ -201,6 +202,6 @@ def check_num_classes(dataset: Dataset, num_classes: int) -> None:
     else:
         raise TypeError(f"cannot count the classes of a {type(dataset).__name__}")
     if found != num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"the data set has {found} classes but the model is built for {num_classes}: set task.num_classes={found}"
         )

@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
+from gal.errors import ConfigError
 from gal.models.mlp import MLP
 from gal.tasks import DatasetUnavailableError, per_process_batch
 
@@ -88,7 +89,7 @@ def load_regression_data(
         return load_diabetes()
     if dataset == "california":
         return load_california(data_home, download)
-    raise ValueError(f"unknown regression dataset {dataset!r}; choose boston, diabetes or california")
+    raise ConfigError(f"unknown regression dataset {dataset!r}; choose boston, diabetes or california")
 
 
 class RegressionTask:

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from gal.errors import ConfigError
+
 # (official name pattern, our name); a name already in our naming matches none of the patterns
 OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
     # the official backbone is Joiner(resnet, position_embedding), an nn.Sequential: the ResNet is
@@ -46,7 +48,7 @@ def rename_official(name: str) -> str:
 def load_official_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Load the DETR weights in ``path`` (official or ours) into ``model``, strictly.
 
-    Raises ValueError naming the file when it is not a checkpoint, when its names do not match the
+    Raises ConfigError (a ValueError) naming the file when it is not a checkpoint, when its names do not match the
     model's (missing and unexpected keys quoted) or when a tensor has another shape.
     """
     state_dict = _read_state_dict(Path(path))
@@ -54,13 +56,13 @@ def load_official_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     for name, value in state_dict.items():
         ours = rename_official(name)
         if ours in renamed:
-            raise ValueError(f"{path}: holds {ours!r} twice, in the official and in our naming; keep one of them")
+            raise ConfigError(f"{path}: holds {ours!r} twice, in the official and in our naming; keep one of them")
         renamed[ours] = value
     expected = model.state_dict()
     missing = [name for name in expected if name not in renamed]
     unexpected = [name for name in state_dict if rename_official(name) not in expected]
     if missing or unexpected:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: its weights do not match the model: missing {_quote(missing)}, unexpected {_quote(unexpected)}. "
             + _hint(renamed, expected)
         )
@@ -70,7 +72,7 @@ def load_official_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
             f"{name}: {tuple(renamed[name].shape)} in the file, {tuple(expected[name].shape)} in the model"
             for name in mismatched[:_SHOWN]
         )
-        raise ValueError(
+        raise ConfigError(
             f"{path}: {len(mismatched)} tensor(s) have another shape than the model's ({shapes}). Build the model "
             "as the file was trained: task.num_classes (class_embed has num_classes + 1 rows), "
             "task.model.num_queries, hidden_dim, dim_feedforward."
@@ -85,13 +87,13 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     # torch.save writes a zip archive, or before PyTorch 1.6 a pickle (protocol 2: first byte 0x80)
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         what = "empty" if not magic else "neither a zip archive nor a pickle"
-        raise ValueError(f"{path} is not a PyTorch checkpoint ({what}); give a file written by torch.save")
+        raise ConfigError(f"{path} is not a PyTorch checkpoint ({what}); give a file written by torch.save")
     try:
         # the official training script pickles its argparse.Namespace under "args"; allow that class only
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}). A truncated download? "
             "Fetch it again. A file that pickles other objects? Re-save its weights alone with "
             "torch.save({'model': state_dict}, new_path) (only if you trust the file)."
@@ -100,7 +102,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         checkpoint = checkpoint["model"]
     if not (isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values())):
         keys = sorted(checkpoint)[:_SHOWN] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds no DETR weights: expected {{'model': state_dict}} or a state_dict of tensors, got {keys}"
         )
     return checkpoint
