@@ -7,6 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import gal.config  # noqa: F401  (registers the schemas that configs/ extends)
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

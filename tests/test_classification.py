@@ -216,8 +216,8 @@ class DigitsWithOwnGroups(ClassificationTask):
 
 def test_task_param_groups_and_gradient_clipping(tmp_path):
     overrides = ["experiment=digits", "gal=on", *QUICK]
-    cfg = compose_config([*overrides, "trainer.clip_grad_norm=1e-9"], tmp_path / "clipped")
-    cfg.task = {**cfg.task, "_target_": f"{__name__}.DigitsWithOwnGroups"}
+    cfg = compose_config([*overrides, "trainer.clip_grad_norm=1e-9", f"task._target_={__name__}.DigitsWithOwnGroups"],
+                         tmp_path / "clipped")  # fmt: skip
     clipped = train(cfg)
     untrained = train(compose_config([*overrides, "trainer.epochs=0"], tmp_path / "untrained"))
     assert clipped["loss"] == pytest.approx(untrained["loss"], rel=1e-5)  # steps of norm <= lr * 1e-9 change nothing
@@ -249,7 +249,12 @@ def test_a_resumed_run_draws_the_augmentations_of_the_uninterrupted_one(tmp_path
     common += ["task.model.drop_path_rate=0.2", "trainer.progress=false", "optimizer=sgd", "optimizer.lr=0.05"]
 
     def run(name: str, epochs: int, resume: bool = False) -> dict:
-        overrides = [*common, f"name={name}", f"trainer.epochs={epochs}", f"trainer.resume={str(resume).lower()}"]
+        overrides = [
+            *common,
+            f"name={name}",
+            f"trainer.epochs={epochs}",
+            f"trainer.if_exists={'resume' if resume else 'error'}",
+        ]
         return train(compose_config(overrides, tmp_path / "results"))
 
     uninterrupted = run("straight", 3)

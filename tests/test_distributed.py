@@ -177,7 +177,7 @@ def test_a_ddp_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
     kill_tree(killed.pid)  # torchrun and its workers (which torchrun starts in sessions of their own)
     killed.wait()
     assert checkpoint.exists() and not (checkpoint.parent / "metrics.json").exists(), "killed too late"
-    launch([[*job, "name=killed", "trainer.resume=true"]], tmp_path)
+    launch([[*job, "name=killed", "trainer.if_exists=resume"]], tmp_path)
     assert_same_run(run_dir(tmp_path, "killed", 0), run_dir(tmp_path, "straight", 0))
 
 

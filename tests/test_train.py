@@ -93,7 +93,7 @@ def test_existing_run_is_never_overwritten(make_config):
 def test_resume_matches_an_uninterrupted_run(tmp_path, make_config, gal):
     uninterrupted = train(make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "name=straight"))
     train(make_config(*FAST, f"gal={gal}", "trainer.epochs=2", "name=resumed"))
-    resumed_cfg = make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "name=resumed", "trainer.resume=true")
+    resumed_cfg = make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "name=resumed", "trainer.if_exists=resume")
     assert train(resumed_cfg) == uninterrupted
     best = [
         json.loads((results / "metrics.json").read_text())["best"]
@@ -115,7 +115,10 @@ def test_oscillation_index_is_logged_and_survives_a_resume(make_config):
     uninterrupted = train(make_config(*FAST, *extra, "trainer.epochs=4", "name=straight"))
     assert uninterrupted["oscillation_q"] >= 1.0  # a path is never shorter than its displacement
     train(make_config(*FAST, *extra, "trainer.epochs=2", "name=resumed"))
-    assert train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.resume=true")) == uninterrupted
+    assert (
+        train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.if_exists=resume"))
+        == uninterrupted
+    )
 
 
 def test_a_gal_run_with_random_adjustments_resumes(make_config):
@@ -123,33 +126,38 @@ def test_a_gal_run_with_random_adjustments_resumes(make_config):
     extra = ["gal=on", "gal.kind=uniform"]
     uninterrupted = train(make_config(*FAST, *extra, "trainer.epochs=4", "name=straight"))
     train(make_config(*FAST, *extra, "trainer.epochs=2", "name=resumed"))
-    assert train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.resume=true")) == uninterrupted
+    assert (
+        train(make_config(*FAST, *extra, "trainer.epochs=4", "name=resumed", "trainer.if_exists=resume"))
+        == uninterrupted
+    )
 
 
 def test_resuming_with_a_part_the_checkpoint_lacks_is_a_clear_error(make_config):
     train(make_config(*FAST, "trainer.epochs=2", "name=resumed"))
-    with pytest.raises(ValueError, match="no oscillation state"):
-        train(make_config(*FAST, "trainer.epochs=4", "name=resumed", "trainer.resume=true", "trainer.oscillation=true"))
+    with pytest.raises(ValueError, match=r"another config \(trainer.oscillation: False -> True\)"):
+        train(
+            make_config(
+                *FAST, "trainer.epochs=4", "name=resumed", "trainer.if_exists=resume", "trainer.oscillation=true"
+            )
+        )
 
 
-class DiabetesTurningNaN(RegressionTask):
-    """Diabetes whose targets become NaN from training step ``nan_from_step`` on."""
+def targets_turn_nan(monkeypatch, from_step: int) -> None:
+    """Diabetes whose targets become NaN from training step ``from_step`` on (the data, not the config)."""
+    steps, features_and_loss = iter(range(1, 10**9)), RegressionTask.features_and_loss
 
-    def __init__(self, nan_from_step: int, **kwargs):
-        super().__init__(**kwargs)
-        self.nan_from_step, self.calls = nan_from_step, 0
-
-    def features_and_loss(self, model, batch):
-        self.calls += 1
+    def nan_targets(self, model, batch):
         x, y = batch
-        return super().features_and_loss(model, (x, y * float("nan") if self.calls >= self.nan_from_step else y))
+        return features_and_loss(self, model, (x, y * float("nan") if next(steps) >= from_step else y))
+
+    monkeypatch.setattr(RegressionTask, "features_and_loss", nan_targets)
 
 
 @pytest.mark.parametrize("gal", ["off", "on"])
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_config, gal):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_config, monkeypatch, gal):
     # diabetes has 12 steps per epoch: step 30 is in epoch 2, after two good checkpoints
     cfg = make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "trainer.log_every=4")
-    cfg.task = {**cfg.task, "_target_": f"{__name__}.DiabetesTurningNaN", "nan_from_step": 30}
+    targets_turn_nan(monkeypatch, 30)
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 30 \(epoch 2\)"):
         train(cfg)
     state = load_checkpoint(_run_dir(cfg) / "last.pt")
@@ -158,9 +166,9 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_config,
     assert not (_run_dir(cfg) / "metrics.json").exists()
 
 
-def test_a_recorded_divergence_finishes_the_run_as_diverged(make_config):
+def test_a_recorded_divergence_finishes_the_run_as_diverged(make_config, monkeypatch):
     cfg = make_config(*FAST, "trainer.epochs=4", "trainer.on_nonfinite=record")
-    cfg.task = {**cfg.task, "_target_": f"{__name__}.DiabetesTurningNaN", "nan_from_step": 30}
+    targets_turn_nan(monkeypatch, 30)
     assert train(cfg) == {}
     summary = json.loads((_run_dir(cfg) / "metrics.json").read_text())
     assert summary["metrics"] == {} and "loss is nan at step 30" in summary["diverged"]
@@ -168,12 +176,13 @@ def test_a_recorded_divergence_finishes_the_run_as_diverged(make_config):
     assert train(cfg) == {}  # a sweep re-run skips it like any finished run
 
 
-def test_resume_after_a_crash_logs_each_step_once(make_config):
+def test_resume_after_a_crash_logs_each_step_once(make_config, monkeypatch):
     cfg = make_config(*FAST, "gal=on", "trainer.epochs=4", "trainer.log_every=4")
-    cfg.task = {**cfg.task, "_target_": f"{__name__}.DiabetesTurningNaN", "nan_from_step": 30}
-    with pytest.raises(NonFiniteLossError):
-        train(cfg)  # logged steps 1-28 and epochs 0-1, checkpoint after step 24
-    summary = train(make_config(*FAST, "gal=on", "trainer.epochs=4", "trainer.resume=true"))
+    with monkeypatch.context() as patch:  # the data turn NaN (not the config: the run is resumed under its own)
+        targets_turn_nan(patch, 30)
+        with pytest.raises(NonFiniteLossError):
+            train(cfg)  # logged steps 1-28 and epochs 0-1, checkpoint after step 24
+    summary = train(make_config(*FAST, "gal=on", "trainer.epochs=4", "trainer.if_exists=resume"))
     rows = [json.loads(line) for line in (_run_dir(cfg) / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 49))
     assert [r["epoch"] for r in rows if "eval/mae" in r] == [0, 1, 2, 3]
@@ -211,7 +220,7 @@ def test_command_line_rejects_unknown_names_and_keys(tmp_path, override, message
 def test_a_setting_to_fix_is_one_line_on_the_command_line_before_training(tmp_path):
     command = [sys.executable, "-m", "gal", "task=diabetes", "gal=on", "gal.alpha=2", f"results_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 1 and result.stderr == "error: alpha must lie in [0, 1] (Eq. 4), got 2\n"
+    assert result.returncode == 1 and result.stderr == "error: alpha must lie in [0, 1] (Eq. 4), got 2.0\n"
     assert not list(tmp_path.rglob("log.jsonl"))  # nothing trained
 
 
@@ -223,10 +232,10 @@ def test_a_setting_to_fix_is_said_by_the_first_rank_only_or_raised_with_hydra_fu
         run(cfg)
     assert exit_info.value.code == 1
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit, match="error: task.global_batch_size must be a positive integer"):
+    with pytest.raises(SystemExit, match="error: task.global_batch_size must be an integer >= 1; got 0"):
         run(cfg)
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # Hydra's switch for the whole traceback
-    with pytest.raises(ConfigError, match="task.global_batch_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="task.global_batch_size must be an integer >= 1"):
         run(cfg)
 
 

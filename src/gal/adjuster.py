@@ -125,7 +125,7 @@ class GradientAdjuster(nn.Module):
         activation: str | None = None,
     ) -> None:
         super().__init__()
-        _check_args(dim, arch, alpha, beta, policy, kind, activation)
+        check_settings(dim, arch, alpha, beta, policy, kind, activation)
         self.dim, self.alpha, self.beta = dim, float(alpha), float(beta)
         self.policy, self.per_sample, self.kind = policy, per_sample, kind
         self.scale_by_grad = scale_by_grad
@@ -283,7 +283,8 @@ class GradientAdjuster(nn.Module):
         return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("bias"))
 
 
-def _check_args(dim, arch, alpha, beta, policy, kind, activation) -> None:
+def check_settings(dim, arch, alpha, beta, policy, kind, activation) -> None:
+    """Refuse settings GAL cannot run with (ConfigError naming the setting); the trainer checks before any data."""
     if not isinstance(dim, int) or dim < 1:
         raise ConfigError(f"dim must be a positive int (the feature size of z), got {dim!r}")
     if not 0.0 <= float(alpha) <= 1.0:

@@ -1,9 +1,10 @@
 """Errors a user can fix: each message names the setting or file at fault and what to do.
 
 The command line (``gal.train.run``, Hydra's task function) prints a :class:`SetupError` as one line,
-``error: ...``, and exits with status 1, before any training; ``HYDRA_FULL_ERROR=1`` shows the traceback.
+``error: ...``, and exits with status 1 (a setting: before any training; a file or disk: when met);
+``HYDRA_FULL_ERROR=1`` shows the traceback.
 Called as a library (tests, notebooks), they are ordinary exceptions, and each is also the builtin type a
-caller may already catch (ValueError, RuntimeError, FileExistsError).
+caller may already catch (ValueError, RuntimeError, FileExistsError, OSError).
 """
 
 
@@ -25,3 +26,15 @@ class WeightsUnavailableError(SetupError, RuntimeError):
 
 class RunExistsError(SetupError, FileExistsError):
     """The run directory holds a finished run, which is never overwritten."""
+
+
+class CheckpointError(SetupError, ValueError):
+    """A checkpoint that cannot be resumed from (empty, not PyTorch's, truncated, another program's)."""
+
+
+class RunLogError(SetupError, ValueError):
+    """A run's log.jsonl that cannot be read back on resume (a damaged line before its last)."""
+
+
+class StorageError(SetupError, OSError):
+    """A run file that cannot be written (full disk, read-only or foreign directory); the message names it."""

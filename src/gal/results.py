@@ -7,7 +7,6 @@ that was best by the task's objective ("best", with its epoch).
 """
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,16 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from gal.storage import write_atomically
+
 METRICS_FILE = "metrics.json"
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
-    """Atomic JSON write (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSON write (temp file + rename); a full disk or a read-only directory raises
+    :class:`gal.errors.StorageError` and leaves no temp file."""
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    write_atomically(path, lambda file: file.write(text))
 
 
 def run_dirs(results_dir: Path, experiment: str, task: str, optimizer: str, gal: str) -> list[Path]:

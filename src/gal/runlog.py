@@ -3,21 +3,52 @@
 Step values stay on the device in a buffer and are read back once per ``flush``, so
 logging costs one host sync per ``log_every`` steps, not one per step. The flush also
 checks the loss: a NaN or inf stops the run with the step it happened at.
+Each flush appends its rows with one write, so a kill or a full disk tears at most the last line,
+which a resumed run drops.
 """
 
 import json
+import logging
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from gal.distributed import average_across_ranks
+from gal.errors import RunLogError
+from gal.storage import storage_errors, write_atomically
+
+log = logging.getLogger("gal.runlog")
+WANDB_ID_FILE = "wandb_id.txt"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or inf."""
+    """The training loss, or the weights, became NaN or inf."""
+
+
+def check_weights_finite(epoch: int, **modules: nn.Module | None) -> None:
+    """Raise :class:`NonFiniteLossError` when a weight of ``modules`` (the model, GAL's h) is NaN or inf at the
+    end of ``epoch``, so that such weights are never evaluated or saved; one host sync."""
+    named = [
+        (owner, name, p)
+        for owner, module in modules.items()
+        if module is not None
+        for name, p in module.named_parameters()
+    ]
+    if not named:
+        return
+    finite = torch.stack([p.isfinite().all() for *_, p in named]).all().float()
+    if average_across_ranks(finite).item() == 1:  # every process takes the same decision
+        return
+    owner, name = next(((o, n) for o, n, p in named if not p.isfinite().all()), ("model", "on another process"))
+    raise NonFiniteLossError(
+        f"the {owner}'s weights are not finite at the end of epoch {epoch} (first: {name}): "
+        "lower the learning rate or check the data."
+    )
 
 
 class RunLog:
@@ -33,10 +64,28 @@ class RunLog:
         """Drop rows logged after ``step``: a resumed run redoes those steps and logs them again."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = [line for line, row in self._read() if row["step"] <= step]
+        text = "".join(line + "\n" for line in kept).encode()
+        write_atomically(self.path, lambda file: file.write(text))
+
+    def _read(self) -> list[tuple[str, dict[str, Any]]]:
+        """(line, row) for each line; a torn last line (a kill or a full disk mid-write) is dropped with a warning."""
+        *lines, tail = self.path.read_text(errors="replace").split("\n")  # tail: after the last newline
+        if tail:
+            lines.append(tail)
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            row = _parse_row(line)
+            if row is None and number < len(lines):
+                raise RunLogError(
+                    f"{self.path} line {number} is not a log row ({line[:80]!r}): the file was damaged or edited; "
+                    "repair or delete that line, or move the file away, and resume again"
+                )
+            if row is None or (number == len(lines) and tail):
+                log.warning("dropped a torn last line of %s: %s", self.path, line[:80])
+                break
+            rows.append((line, row))
+        return rows
 
     def record_step(self, step: int, values: dict[str, torch.Tensor]) -> None:
         """Buffer one step's scalar tensors (no host sync)."""
@@ -58,9 +107,8 @@ class RunLog:
         for row in rows:
             if not math.isfinite(row["loss"]):
                 raise NonFiniteLossError(
-                    f"training loss is {row['loss']} at step {row['step']} (epoch {epoch}); the run stops here "
-                    "and its last checkpoint (end of the previous epoch) is kept. "
-                    "Lower the learning rate or check the data."
+                    f"training loss is {row['loss']} at step {row['step']} (epoch {epoch}): "
+                    "lower the learning rate or check the data."
                 )
         self.last = rows[-1]
         self._write(rows)
@@ -71,8 +119,10 @@ class RunLog:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        with storage_errors(self.path), self.path.open("a") as f:
+            f.write(text)  # whole rows in one write: a kill or a full disk tears at most the last line
+            f.flush()
         if self.wandb_run is not None:
             for row in rows:
                 self.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
@@ -82,10 +132,24 @@ class RunLog:
             self.wandb_run.finish()
 
 
+def _parse_row(line: str) -> dict[str, Any] | None:
+    """The row a log line holds, or None when it is not one (torn, damaged)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
 def start_wandb(project: str, mode: str, run_dir: Path, name: str, config: dict[str, Any]) -> Any:
-    """A wandb run in ``mode`` (offline unless $WANDB_MODE or logger.mode says online)."""
+    """A wandb run in ``mode`` (offline unless $WANDB_MODE or logger.mode says online), resumed when the run is:
+    its id is kept in ``run_dir/wandb_id.txt``. Steps redone after a crash are sent again: log.jsonl drops
+    their first rows, wandb (whose steps only go up) may keep those instead."""
     import wandb  # imported here: slow to import and only needed with logger=wandb
 
-    return wandb.init(
-        project=project, mode=os.environ.get("WANDB_MODE", mode), dir=str(run_dir), name=name, config=config
-    )
+    id_file = run_dir / WANDB_ID_FILE
+    if not id_file.exists():
+        run_id = secrets.token_hex(8)
+        write_atomically(id_file, lambda file: file.write(run_id.encode()))
+    run_id, mode = id_file.read_text().strip(), os.environ.get("WANDB_MODE", mode)
+    return wandb.init(project=project, mode=mode, dir=str(run_dir), name=name, config=config, id=run_id, resume="allow")

@@ -27,21 +27,20 @@ from tqdm import tqdm
 
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
-from gal.checkpoint import load_checkpoint, save_checkpoint
+from gal.checkpoint import kept_checkpoint, load_checkpoint, save_checkpoint
+from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.errors import ConfigError, RunExistsError, SetupError
+from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import METRICS_FILE, keep_best, load_metrics, write_json
+from gal.results import METRICS_FILE, keep_best, write_json
 from gal.rng import rng_state, set_rng_state
-from gal.runlog import NonFiniteLossError, RunLog, start_wandb
+from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler
 from gal.tasks import Task
 
 log = logging.getLogger("gal.train")
-CHECKPOINT_FILE = "last.pt"
-IF_EXISTS = ("error", "skip")
-ON_NONFINITE = ("error", "record")
 OPTIONAL_STATE = ("adjuster", "scheduler", "ema", "oscillation")  # Trainee parts a checkpoint holds when present
 # ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
 OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
@@ -171,25 +170,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Every rank of a distributed job calls this for every run of a ``--multirun``; the process
     group is joined by the first run and kept for the next ones (gal.distributed).
     """
-    if cfg.trainer.if_exists not in IF_EXISTS:
-        raise ConfigError(f"trainer.if_exists must be one of {IF_EXISTS}, got {cfg.trainer.if_exists!r}")
-    if cfg.trainer.on_nonfinite not in ON_NONFINITE:
-        raise ConfigError(f"trainer.on_nonfinite must be one of {ON_NONFINITE}, got {cfg.trainer.on_nonfinite!r}")
+    validate(cfg)  # ranges, before any data (Hydra checked the types; gal.config registers the schemas)
     dist_info = init_distributed(cfg.trainer.device)
     run_dir = Path(cfg.run_dir)
-    # rank 0 reads for all ranks: a rank that looked later could see the metrics.json rank 0 just wrote
-    finished = broadcast_from_main(_finished_metrics(run_dir) if dist_info.is_main else None)
-    if finished is not None and not cfg.trainer.resume:
-        if cfg.trainer.if_exists == "skip":
-            log.info("%s is done already; skipping it", run_dir)
-            return finished
-        raise RunExistsError(
-            f"{run_dir / METRICS_FILE} exists and is kept: pass trainer.if_exists=skip to reuse it, "
-            "trainer.resume=true to continue it, or choose another name=/seed="
-        )
+    epochs = cfg.task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
+    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
+    # rank 0 decides for all ranks (a rank that looked later could see files rank 0 just wrote), and holds the
+    # run directory's lock while it looks and for the whole run
+    lock = RunLock(run_dir)
+    plan = None
+    if dist_info.is_main:
+        try:
+            if run_dir.exists():
+                lock.acquire()
+            plan = plan_run(run_dir, plain_cfg, cfg.trainer.if_exists, epochs)
+        except Exception as error:  # noqa: BLE001  (passed on, then raised on every rank)
+            plan = error
+    plan = broadcast_from_main(plan)
+    if isinstance(plan, Exception):  # every rank stops with rank 0's reason
+        lock.release()
+        raise plan
+    if plan.action == "reuse":
+        lock.release()
+        log.info("%s is done already; reusing it", run_dir)
+        return plan.metrics
     try:
-        return _train(cfg, run_dir, dist_info)
+        return _train(cfg, run_dir, dist_info, epochs, resume=plan.action == "resume", lock=lock)
     except NonFiniteLossError as error:
+        kept = kept_checkpoint(run_dir / CHECKPOINT_FILE, cfg.trainer.checkpoint)
+        error.args = (f"{error} The run stops here; {kept}.",)
         if cfg.trainer.on_nonfinite == "error":
             raise
         # a learning-rate sweep keeps going: the run is finished, as diverged, and tables show it as such
@@ -198,14 +207,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_json(summary, run_dir / METRICS_FILE)
         log.warning("%s diverged: %s", run_dir, error)
         return {}
+    finally:
+        lock.release()
 
 
-def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run ({} for a diverged one), or None when it has not finished."""
-    return load_metrics(run_dir)["metrics"] if (run_dir / METRICS_FILE).exists() else None
-
-
-def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any]:
+def _train(
+    cfg: DictConfig, run_dir: Path, dist_info: DistInfo, epochs: int, resume: bool, lock: RunLock
+) -> dict[str, Any]:
+    """Build, then train from scratch or continue ``run_dir``'s checkpoint (``resume``), to ``epochs``."""
     random_seed(cfg.seed, rank=0)  # the same weights (model and h) on every rank
     task = build_task(cfg.task)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size, dist_info.device)
@@ -214,14 +223,17 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
             f"the training split ({len(train_loader.dataset)} samples here) does not fill one batch of "
             f"{train_loader.batch_size} per process: lower task.global_batch_size or use more data"
         )
-    epochs = task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
     model, trainee = _build_trainee(cfg, task, dist_info, epochs, len(train_loader))
     random_seed(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
     start_epoch, step, best = 0, 0, None
     checkpoint_path = run_dir / CHECKPOINT_FILE
-    if cfg.trainer.resume and checkpoint_path.exists():
-        start_epoch, step, best = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info)
+    if dist_info.is_main:  # the data are loaded and the model built: the run directory is this process's now
+        lock.acquire()
+        if not resume and checkpoint_path.exists():
+            raise RunExistsError(f"{run_dir} got a checkpoint while this run was starting: launch it again")
+    if resume:
+        start_epoch, step, best = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info, checkpoint_path)
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +259,7 @@ def _train(cfg: DictConfig, run_dir: Path, dist_info: DistInfo) -> dict[str, Any
         for epoch in range(start_epoch, epochs):
             set_epoch(train_loader, epoch)
             step = train_one_epoch(trainee, task, train_loader, runlog, epoch, step, cfg.trainer.log_every, progress)
+            check_weights_finite(epoch, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
             if trainee.scheduler is not None:
                 trainee.scheduler.step(epoch + 1)
             if hasattr(trainee.optimizer, "epoch_end"):  # AdaRem decays its lambda once per epoch
@@ -338,13 +351,14 @@ def _state(
 
 
 def _restore(
-    state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_info: DistInfo
+    state: dict[str, Any], model: nn.Module, trainee: Trainee, dist_info: DistInfo, path: Path = Path(CHECKPOINT_FILE)
 ) -> tuple[int, int, dict[str, Any] | None]:
-    """Load a checkpoint into the run's objects, each rank taking back its own generators; (epoch, step, best)."""
+    """Load a checkpoint (read from ``path``) into the run's objects, each rank taking back its own generators;
+    (epoch, step, best)."""
     saved_ranks = len(state.get("rng", []))
     if saved_ranks != dist_info.world_size:
         raise ConfigError(
-            f"the checkpoint was written by {saved_ranks or 'an unknown number of'} process(es) and this run has "
+            f"{path} was written by {saved_ranks or 'an unknown number of'} process(es) and this run has "
             f"{dist_info.world_size}: resume with the same NPROC (and nodes) as the run was started with"
         )
     model.load_state_dict(state["model"])
@@ -352,7 +366,7 @@ def _restore(
         part = getattr(trainee, key)
         if part is not None and state.get(key) is None:
             raise ConfigError(
-                f"the checkpoint has no {key} state: the run was started without it, so it cannot be resumed "
+                f"{path} has no {key} state: the run was started without it, so it cannot be resumed "
                 "with it; resume with the run's own settings (its config.yaml) or start a new run"
             )
         if part is not None:

