@@ -37,7 +37,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
-	digits bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
+	digits eq7 bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
@@ -93,6 +93,21 @@ digits-runs/%: venv
 reproduce-digits: venv  ## digits (small CNN, real data) baseline vs GAL, 5 seeds, then its table
 	$(MAKE) --no-print-directory -j$(JOBS) digits-runs/off digits-runs/on
 	$(PY) scripts/make_tables.py digits
+
+# Eq. 7 as the paper writes it (issue 13): GAL with the exact first-order term ("taylor") in float64 and in float32,
+# beside the baseline and the authors' term (the Table V and digits runs above), 5 seeds each, then its table.
+EQ7_VARIANTS := taylor64:gal.first_order=taylor,gal.precision=float64 taylor32:gal.first_order=taylor,gal.precision=float32
+eq7_args = $(subst $(comma), ,$(word 2,$(subst :, ,$(filter $(1):%,$(EQ7_VARIANTS)))))
+comma := ,
+eq7-runs/%: venv
+	$(ONE_THREAD) $(RUN) experiment=$(word 1,$(subst /, ,$*)) gal=on $(call eq7_args,$(word 2,$(subst /, ,$*))) \
+	  name=eq7_$(word 2,$(subst /, ,$*)) seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 $* did not finish (see above)"
+
+eq7: venv  ## Eq. 7's exact first-order term vs the authors' (Table V data sets + digits, 5 seeds), then its table
+	$(MAKE) --no-print-directory -j$(JOBS) $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) \
+	  digits-runs/off digits-runs/on $(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,\
+	  $(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
+	$(PY) scripts/make_tables.py eq7
 
 # Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
 # Each is a thin alias for an experiment config (configs/experiment/); ARGS="..." adds overrides.

@@ -3,8 +3,10 @@
 A step is what a trainer does: zero_grad, forward, ``loss.backward()`` (baseline) or
 ``adj.backward(z, loss_fn, lr)`` (GAL), ``optimizer.step()``. Cases: the three regression
 MLPs of Table V (Adam, MSE) and a ResNet-18 on 64x64 random images with 100 classes (SGD,
-cross-entropy). Both arms start from the same weights and see the same batch; their steps
-are interleaved in blocks so that clock or thermal drift hits both alike.
+cross-entropy). A third arm runs GAL with ``precision="float64"`` (the GAL step's own
+arithmetic in float64, the model in float32): its cost against the float32 GAL step is
+``float64_ratio``. All arms start from the same weights and see the same batch; their steps
+are interleaved in blocks so that clock or thermal drift hits them alike.
 
     python scripts/bench_gal_overhead.py            # writes results/bench/gal_overhead.json
 """
@@ -105,17 +107,24 @@ def summary(times: list[float]) -> dict[str, float]:
 
 
 def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
-    """Median step time of both arms, interleaved in blocks of BLOCK steps."""
+    """Median step time of the three arms (baseline, GAL, GAL in float64), interleaved in blocks of BLOCK steps."""
     torch.manual_seed(0)
     base_model = case.build().to(device)
-    gal_model = copy.deepcopy(base_model)  # identical init for both arms
-    adj = GradientAdjuster(case.z_dim, arch=case.gal_arch, alpha=case.alpha, beta=case.beta).to(device)
+    gal_model, gal64_model = copy.deepcopy(base_model), copy.deepcopy(base_model)  # identical init for all arms
+    settings = {"arch": case.gal_arch, "alpha": case.alpha, "beta": case.beta}
+    adj = GradientAdjuster(case.z_dim, **settings).to(device)
+    adj64 = GradientAdjuster(case.z_dim, **settings, precision="float64").to(device)
+    adj64.load_state_dict(adj.state_dict())  # the same h
     x = torch.randn(case.batch, *case.input_shape, device=device)
     if case.z_dim == 1:  # regression: one real-valued target per sample
         y = torch.randn(case.batch, 1, device=device)
     else:
         y = torch.randint(0, case.z_dim, (case.batch,), device=device)
-    arms = {"baseline": make_step(case, base_model, x, y, None), "gal": make_step(case, gal_model, x, y, adj)}
+    arms = {
+        "baseline": make_step(case, base_model, x, y, None),
+        "gal": make_step(case, gal_model, x, y, adj),
+        "gal_float64": make_step(case, gal64_model, x, y, adj64),
+    }
     for step in arms.values():
         timed(step, warmup, device)
     times: dict[str, list[float]] = {arm: [] for arm in arms}
@@ -123,7 +132,7 @@ def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
         n = min(BLOCK, steps - len(times["gal"]))
         for arm, step in arms.items():
             times[arm] += timed(step, n, device)
-    base, gal = summary(times["baseline"]), summary(times["gal"])
+    base, gal, gal64 = summary(times["baseline"]), summary(times["gal"]), summary(times["gal_float64"])
     return {
         "name": case.name,
         "shapes": {
@@ -137,8 +146,11 @@ def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
         "median_ms_baseline": base["median_ms"],
         "median_ms_gal": gal["median_ms"],
         "ratio": gal["median_ms"] / base["median_ms"],
+        "median_ms_gal_float64": gal64["median_ms"],
+        "float64_ratio": gal64["median_ms"] / gal["median_ms"],  # whole step, GAL in float64 over float32
         "baseline_ms": base,
         "gal_ms": gal,
+        "gal_float64_ms": gal64,
         "steps": steps,
     }
 
@@ -168,10 +180,13 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(report, Path(args.out))
 
-    print(f"{'case':<22}{'batch':>6}{'base ms':>10}{'GAL ms':>10}{'ratio':>8}")
+    print(f"{'case':<22}{'batch':>6}{'base ms':>10}{'GAL ms':>10}{'ratio':>8}{'GAL64 ms':>10}{'64/32':>8}")
     for r in results:
         base, gal, ratio = r["median_ms_baseline"], r["median_ms_gal"], r["ratio"]
-        print(f"{r['name']:<22}{r['shapes']['batch']:>6}{base:>10.2f}{gal:>10.2f}{ratio:>8.3f}")
+        gal64, ratio64 = r["median_ms_gal_float64"], r["float64_ratio"]
+        print(
+            f"{r['name']:<22}{r['shapes']['batch']:>6}{base:>10.2f}{gal:>10.2f}{ratio:>8.3f}{gal64:>10.2f}{ratio64:>8.3f}"
+        )
     verdict = "met" if report["target"]["met"] else "NOT met"
     print(f"target ratio <= {TARGET['max_ratio']} on {TARGET['case']}: {verdict}; wrote {args.out}")
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from functools import partial
 
 import pytest
 import torch
@@ -182,6 +183,8 @@ def test_extra_dims_are_samples_of_the_feature_dim():
         ({"arch": ()}, "arch"),
         ({"policy": "sometimes"}, "policy"),
         ({"kind": "rnn"}, "kind"),
+        ({"first_order": "exact"}, "first_order"),
+        ({"precision": "float16"}, "precision"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):
@@ -270,19 +273,21 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _toy_run(batches, rank=None, world_size=1):
+def _toy_run(batches, rank=None, world_size=1, gal=None):
     """5 SGD steps of a small model with GAL; with ``rank`` each process takes its slice of every batch."""
+    gal = gal or {}
     torch.manual_seed(0)  # the same initial model and h everywhere, as the trainer does
     model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 5))
     if rank is not None:
         model = nn.parallel.DistributedDataParallel(model)
-    adj = GradientAdjuster(5, arch=(8, 4), alpha=0.5, beta=20.0)
+    adj = GradientAdjuster(5, arch=(8, 4), alpha=0.5, beta=20.0, **gal)
     opt = torch.optim.SGD([{"params": model.parameters()}, {"params": adj.parameters()}], lr=0.1)
+    reduction = "none" if gal.get("per_sample") else "mean"
     for x, y in batches:
         if rank is not None:
             x, y = x.chunk(world_size)[rank], y.chunk(world_size)[rank]
         opt.zero_grad()
-        adj.backward(model(x), _cross_entropy(y), lr=0.1)
+        adj.backward(model(x), partial(nn.functional.cross_entropy, target=y, reduction=reduction), lr=0.1)
         opt.step()
     model = model.module if rank is not None else model
     return {
@@ -298,18 +303,22 @@ def _toy_batches():
     ]
 
 
-def _ddp_worker(rank, world_size, port, out_dir):
+def _ddp_worker(rank, world_size, port, out_dir, gal):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    state = _toy_run(_toy_batches(), rank, world_size)
+    state = _toy_run(_toy_batches(), rank, world_size, gal)
     torch.save({k: v.clone() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
-def test_ddp_keeps_h_identical_and_matches_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+# the Taylor term's scale (global batch in per-batch mode, each sample's own loss) must survive the split
+@pytest.mark.parametrize(
+    "gal", [{}, {"first_order": "taylor"}, {"first_order": "taylor", "per_sample": True, "precision": "float64"}]
+)
+def test_ddp_keeps_h_identical_and_matches_one_process_on_the_global_batch(tmp_path, gal):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), gal), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    single = _toy_run(_toy_batches())
+    single = _toy_run(_toy_batches(), gal=gal)
     torch.manual_seed(0)
     nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 5))
     initial = GradientAdjuster(5, arch=(8, 4)).state_dict()
@@ -376,3 +385,186 @@ def test_g_wins_falls_back_to_the_batch_test_for_a_scalar_loss():
     model, x, targets = _setup()
     stats = GradientAdjuster(5, arch=(8,), alpha=0.1).backward(model(x), _cross_entropy(targets), lr=0.1)
     assert stats.g_wins.shape == () and torch.equal(stats.g_wins, stats.adjusted)
+
+
+# Eq. 7's first-order term ("first_order") and the GAL step's precision ("precision"), issue 13 items 1-2.
+
+
+def _constant_h(adj, c):
+    """Make h output the known vector c for every input: zero weights, c as the last bias."""
+    with torch.no_grad():
+        for layer in adj.h:
+            layer.weight.zero_()
+            layer.bias.zero_()
+        adj.h[-1].bias.copy_(c)
+    return adj
+
+
+def _eq7_reference(z, sample_loss, c, alpha, eta, per_sample):
+    """Eq. 7 literally in float64: r = l(z - eta g) - l(z) + eta <dl/dz, g>, l the loss r is of.
+
+    g is built from the gradient of the batch-mean loss (what the backbone receives); per sample, r_i uses
+    l_i and its own gradient dl_i/dz_i.
+    """
+    z = z.detach().double().requires_grad_(True)
+    (grad,) = torch.autograd.grad(sample_loss(z).mean(), z)
+    c = c.double()
+    g = grad + alpha * grad.norm(dim=-1, keepdim=True) * c / c.norm()
+    z = z.detach()
+    if per_sample:
+        z.requires_grad_(True)
+        (own_grad,) = torch.autograd.grad(sample_loss(z).sum(), z)  # row i is dl_i/dz_i
+        z = z.detach()
+        return sample_loss(z - eta * g) - sample_loss(z) + eta * (own_grad * g).flatten(1).sum(1)
+    return sample_loss(z - eta * g).mean() - sample_loss(z).mean() + eta * (grad * g).sum()
+
+
+def _ce_per_sample(targets):
+    return lambda z: nn.functional.cross_entropy(z, targets, reduction="none")
+
+
+def _boxes_per_sample(targets):
+    """A smooth DETR-like box loss on (B, queries, 4): each image's mean over its queries and coordinates."""
+    return lambda z: (nn.functional.softplus(z - targets) ** 2).mean((1, 2))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("shape", [(8, 5), (3, 6, 4)])
+def test_taylor_remainder_is_eq7_literally_in_float64(shape, per_sample):
+    torch.manual_seed(0)
+    z = torch.randn(*shape, requires_grad=True)
+    if len(shape) == 2:
+        sample_loss = _ce_per_sample(torch.randint(0, shape[-1], shape[:1]))
+    else:
+        sample_loss = _boxes_per_sample(torch.rand(*shape))
+    c = torch.randn(shape[-1])
+    taylor64 = {"first_order": "taylor", "precision": "float64"}
+    adj = GradientAdjuster(shape[-1], arch=(4,), alpha=0.5, beta=2.0, per_sample=per_sample, **taylor64)
+    _constant_h(adj, c)
+    loss_fn = sample_loss if per_sample else lambda f: sample_loss(f).mean()
+    stats = adj.backward(z, loss_fn, lr=0.3)
+    reference = _eq7_reference(z, sample_loss, c, alpha=0.5, eta=0.6, per_sample=per_sample)
+    assert stats.remainder.dtype == torch.float64 and stats.remainder.shape == reference.shape
+    torch.testing.assert_close(stats.remainder, reference, rtol=1e-10, atol=1e-15)
+    assert z.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (2, 3, 4)])
+def test_quadratic_loss_remainders_in_closed_form(shape):
+    # l = mean over the N = B (x queries) vectors of 0.5 ||z - t||^2: grad = (z - t) / N, and
+    # l(z - eta g) - l(z) = -eta <grad, g> + eta^2 ||g||^2 / (2N). Taylor's r is the second-order term alone;
+    # the authors' first-order term is 1/N of Taylor's, so theirs keeps -(1 - 1/N) eta <grad, g>.
+    torch.manual_seed(0)
+    z, target = torch.randn(*shape, requires_grad=True), torch.randn(*shape)
+    n = z[..., 0].numel()
+    loss_fn = lambda f: 0.5 * ((f - target) ** 2).sum(-1).mean()  # noqa: E731
+    remainders = {}
+    for first_order in ("authors", "taylor"):
+        torch.manual_seed(1)
+        adj = GradientAdjuster(shape[-1], arch=(6,), alpha=0.3, first_order=first_order, precision="float64")
+        stats = adj.backward(z, loss_fn, lr=0.5)
+        remainders[first_order] = stats.remainder
+    g = stats.grad + stats.adjustment
+    second_order = 0.5**2 * (g**2).sum() / (2 * n)
+    torch.testing.assert_close(remainders["taylor"], second_order, rtol=1e-9, atol=1e-15)
+    authors = second_order - (1 - 1 / n) * 0.5 * (stats.grad * g).sum()
+    torch.testing.assert_close(remainders["authors"], authors, rtol=1e-9, atol=1e-15)
+
+
+def test_per_sample_taylor_remainder_of_a_quadratic_is_half_eta_squared_g_squared():
+    torch.manual_seed(0)
+    z, target = torch.randn(6, 3, requires_grad=True), torch.randn(6, 3)
+    adj = GradientAdjuster(3, arch=(5,), alpha=0.4, per_sample=True, first_order="taylor", precision="float64")
+    stats = adj.backward(z, lambda f: 0.5 * ((f - target) ** 2).sum(-1), lr=0.2)
+    g = stats.grad + stats.adjustment  # built from the batch mean's gradient; r_i uses l_i's own
+    torch.testing.assert_close(stats.remainder, 0.2**2 * (g**2).sum(-1) / 2, rtol=1e-9, atol=1e-15)
+
+
+def test_taylor_remainder_shrinks_quadratically_with_lr_and_the_authors_linearly():
+    torch.manual_seed(0)
+    z, targets = torch.randn(32, 10, requires_grad=True), torch.randint(0, 10, (32,))
+    remainders = {}
+    for first_order in ("authors", "taylor"):
+        torch.manual_seed(1)
+        adj = GradientAdjuster(10, arch=(16,), alpha=0.1, first_order=first_order, precision="float64")
+        remainders[first_order] = [float(adj.backward(z, _cross_entropy(targets), lr).remainder) for lr in (0.1, 0.01)]
+        remainders[first_order].append(float(adj.backward(z, _cross_entropy(targets), 0.005).remainder))
+    authors, taylor = remainders["authors"], remainders["taylor"]
+    assert authors[0] / authors[1] == pytest.approx(10, rel=0.02)  # first order: -(1 - 1/B) eta~ grad^T g
+    assert taylor[0] / taylor[1] == pytest.approx(100, rel=0.05)  # second order
+    assert taylor[1] / taylor[2] == pytest.approx(4, rel=0.05)  # halving lr divides r by 4
+    assert abs(taylor[0]) < abs(authors[0]) / 10
+
+
+def _squared_error(targets):
+    """A loss whose tentative step overshoots for a large eta~ (cross-entropy keeps falling along -grad)."""
+    one_hot = nn.functional.one_hot(targets, 5).double()
+    return lambda z: 0.5 * ((z - one_hot) ** 2).sum(1).mean()
+
+
+def _float64_reference_step(model, adj, x, loss_fn, lr):
+    """Decision and remainder of one GAL step computed by hand in float64 (h in its own dtype)."""
+    z = model(x).detach().requires_grad_(True)
+    loss = loss_fn(z)
+    (grad,) = torch.autograd.grad(loss, z)
+    with torch.no_grad():
+        v = adj.h(z.to(adj.h[0].weight.dtype)).double()
+        g = grad + adj.alpha * grad.norm(dim=1, keepdim=True) * v / v.norm(dim=1, keepdim=True)
+        tentative = loss_fn(z - adj.beta * lr * g)
+        remainder = tentative - loss + adj.beta * lr * (grad * g).sum(1).mean()
+    return tentative <= loss, remainder
+
+
+@pytest.mark.parametrize("h_dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_a_float64_model_trains_with_gal_in_float64(precision, h_dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 5)).double()
+    adj = GradientAdjuster(5, arch=(8, 4), alpha=0.5, beta=250.0, precision=precision).to(h_dtype)
+    opt = torch.optim.SGD([{"params": model.parameters()}, {"params": adj.parameters()}], lr=0.1)
+    decisions = []
+    for x, y in _toy_batches():
+        x, loss_fn = x.double(), _squared_error(y)
+        expected_decision, expected_remainder = _float64_reference_step(model, adj, x, loss_fn, lr=0.1)
+        opt.zero_grad()
+        stats = adj.backward(model(x), loss_fn, lr=0.1)
+        opt.step()
+        assert stats.remainder.dtype == torch.float64  # a float64 z is never rounded to float32
+        assert torch.equal(stats.adjusted, expected_decision)
+        torch.testing.assert_close(stats.remainder, expected_remainder, rtol=1e-9, atol=1e-12)
+        decisions.append(bool(stats.adjusted))
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float64 for p in model.parameters())
+    assert all(torch.isfinite(p).all() and p.dtype == h_dtype for p in adj.parameters())
+    assert True in decisions and False in decisions, "the test needs both decisions to mean anything"
+
+
+def test_float64_precision_resolves_a_remainder_below_the_float32_spacing_of_the_loss():
+    # ImageNet's beta = 0.001 on a 100-class step: l(z - eta~ g) - l(z) ~ -1.6e-7 is below the float32
+    # spacing of l ~ 4.6 (4.8e-7), so float32 sees l(z - eta~ g) == l(z) (or one spacing off).
+    torch.manual_seed(0)
+    z, targets = (0.1 * torch.randn(100, 100)).requires_grad_(True), torch.randint(0, 100, (100,))
+    stats = {}
+    for precision in ("float32", "float64"):
+        torch.manual_seed(1)
+        adj = GradientAdjuster(100, arch=(32,), alpha=0.001, beta=0.001, precision=precision)
+        stats[precision] = adj.backward(z, _cross_entropy(targets), lr=0.016)
+    torch.manual_seed(1)
+    adj = GradientAdjuster(100, arch=(32,), alpha=0.001, beta=0.001)
+    reference = _eq7_authors_float64(z, targets, adj, eta=0.001 * 0.016)
+    spacing = torch.finfo(torch.float32).eps * 4  # the loss lies in [4, 8)
+    assert 4 <= float(stats["float32"].loss) < 8
+    assert abs(float(stats["float32"].tentative_loss - stats["float32"].loss)) <= spacing
+    assert abs(reference) > 1e-7
+    torch.testing.assert_close(stats["float64"].remainder, reference, rtol=1e-6, atol=0)
+    assert abs(float(stats["float32"].remainder) - float(reference)) > 0.5 * abs(float(reference))
+
+
+def _eq7_authors_float64(z, targets, adj, eta):
+    """The authors' remainder computed by hand in float64 (h's output cast up)."""
+    z = z.detach().double().requires_grad_(True)
+    loss = nn.functional.cross_entropy(z, targets)
+    (grad,) = torch.autograd.grad(loss, z)
+    with torch.no_grad():
+        v = adj.h(z.float()).double()
+        g = grad + adj.alpha * grad.norm(dim=1, keepdim=True) * v / v.norm(dim=1, keepdim=True)
+        return nn.functional.cross_entropy(z - eta * g, targets) - loss + eta * (grad * g).sum(1).mean()

@@ -23,3 +23,5 @@ def test_benchmark_script_writes_its_report(tmp_path, script, args):
     subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--out", str(out)], check=True)
     report = json.loads(out.read_text())
     assert report["device"] and report["command"].startswith("python") and report["cases"]
+    if script == "bench_gal_overhead.py":  # GAL's own arithmetic in float64 against float32 (issue 13)
+        assert all(case["float64_ratio"] > 0 for case in report["cases"])

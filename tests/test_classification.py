@@ -149,7 +149,7 @@ def test_eval_shards_are_disjoint_and_cover_the_split():
     assert sorted(i for shard in shards for i in shard) == list(range(len(task.eval_set)))
 
 
-@pytest.mark.parametrize("gal", ["off", "on"])
+@pytest.mark.parametrize("gal", [pytest.param("off", marks=pytest.mark.slow), "on"])  # "on" takes the GAL path too
 def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path, gal):
     """The same config (global batch 32) on 2 gloo processes (16 each) and on 1: same batches, same averaged
     gradient, and with GAL the same decisions and h (alpha 1, tentative lr 5000: some tentative steps overshoot).

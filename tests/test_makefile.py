@@ -99,3 +99,14 @@ def test_a_detr_checkpoint_is_evaluated_without_training_in_a_run_directory_of_i
     assert "trainer.epochs=0" in command and "name=table4_eval_detr-r101-2c7b67e5" in command
     result = make("-n", "coco-detr-r50-eval")
     assert result.returncode != 0 and "coco-detr-r50-eval needs CKPT=<checkpoint file>" in result.stderr
+
+
+def test_make_eq7_runs_both_eq7_arms_beside_the_baseline_and_the_authors_term_then_its_table():
+    commands = dry_run("eq7", "JOBS=2")
+    for experiment in ("table5_boston", "table5_diabetes", "table5_california", "digits"):
+        for variant in ("taylor64", "taylor32"):
+            assert f"eq7-runs/{experiment}/{variant}" in commands
+    assert "table5-runs/boston/off table5-runs/boston/on" in commands and "digits-runs/off digits-runs/on" in commands
+    assert commands.rstrip().endswith("scripts/make_tables.py eq7")
+    run = dry_run("eq7-runs/digits/taylor64")
+    assert "experiment=digits gal=on gal.first_order=taylor gal.precision=float64" in run and "name=eq7_taylor64" in run

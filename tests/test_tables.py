@@ -117,3 +117,18 @@ def test_arch_ablation_lists_parameter_counts_beside_the_papers(tmp_path):
     assert "| mlp-256-64 | 48.3K | 48,384 | 48,804 | 16,704 | 19,584 | 11.61 |" in text
     assert "| cnn-256 | 28.1K | 27,904 | 28,260 |" in text
     assert text.index("| | mlp-256-64 |") < text.index("| | cnn-256 |")  # MLPs first, as in Table VIII
+
+
+def test_eq7_table_tests_every_arm_against_the_baseline_and_eq7_against_the_authors_term(tmp_path):
+    arms = {("table5", "off"): [3.0, 3.2, 2.9], ("table5", "on"): [3.1, 3.0, 3.2],
+            ("eq7_taylor64", "on"): [2.0, 2.1, 2.2], ("eq7_taylor32", "on"): [3.0, 3.1, 3.05]}  # fmt: skip
+    for (experiment, gal), maes in arms.items():
+        _write_runs(tmp_path, experiment, "diabetes", gal, maes)
+    text = make_tables.TABLES["eq7"](tmp_path)
+    mse = {key: [m**2 for m in maes] for key, maes in arms.items()}
+    p_c = stats.ttest_ind(mse[("table5", "off")], mse[("eq7_taylor64", "on")]).pvalue
+    p_cb = stats.ttest_ind(mse[("table5", "on")], mse[("eq7_taylor64", "on")]).pvalue
+    row = next(line for line in text.splitlines() if line.startswith("| Diabetes |"))
+    assert f"| {p_c:.2g} |" in row and row.endswith(f"| {p_cb:.2g} | 3/3/3/3 |")
+    assert f"- Diabetes: taylor64 better than baseline (p = {p_c:.2g})" in text
+    assert "| Boston housing | MSE ↓ | missing: baseline, authors, taylor64, taylor32 (run `make eq7`) |" in text

@@ -209,7 +209,10 @@ def test_command_line_multirun_writes_one_directory_per_seed(tmp_path):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("task=cifar1000", "Could not find 'task/cifar1000'"), ("trainer.epoch=3", "trainer.epoch")],
+    [  # each is a 12 s start of the command line: one in the fast suite (Hydra's errors, both)
+        pytest.param("task=cifar1000", "Could not find 'task/cifar1000'", marks=pytest.mark.slow),
+        ("trainer.epoch=3", "trainer.epoch"),
+    ],
 )
 def test_command_line_rejects_unknown_names_and_keys(tmp_path, override, message):
     command = [sys.executable, "-m", "gal.train", override, f"results_dir={tmp_path}"]

@@ -26,6 +26,8 @@ from gal.errors import ConfigError
 
 KINDS = ("mlp", "cnn", "uniform", "normal")
 POLICIES = ("le", "lt", "always", "never")
+FIRST_ORDERS = ("authors", "taylor")  # Eq. 7's first-order term: see GradientAdjuster
+STEP_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}  # the GAL step's own arithmetic
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 _EPS = 1e-12  # guards ||v|| = 0; a zero gradient gives a zero adjustment by itself
 
@@ -109,6 +111,15 @@ class GradientAdjuster(nn.Module):
             adjustments without a learned h (Table VI).
         scale_by_grad: Eq. 4 scaling by ||dl/dz||; False gives Table VI's alpha * v / ||v||.
         bias, activation: options of h's layers (the authors use bias and no activation).
+        first_order: Eq. 7's first-order term eta~ dl/dz^T g. 'authors' (default, their code):
+            eta~ (dl/dz * g).sum(feature dim).mean(other dims), with dl/dz of the batch-mean loss: 1/B of
+            the Taylor term (1/(B x queries) for DETR's boxes), so the remainder keeps the first-order
+            -(1 - 1/B) eta~ dl/dz^T g. 'taylor': eta~ <dl/dz, g> summed over every element of z, with
+            dl/dz of the loss whose remainder it is, so r is Eq. 7 literally, second order in eta~.
+        precision: 'float32' (default) or 'float64', the least precision of the GAL step's own
+            arithmetic (the losses at z and z - eta~ g, the first-order term, |r|): a z of a wider dtype
+            keeps its own, so a float64 model computes in float64 either way. h's input is cast to h's
+            parameters' dtype and its output back; the gradient sent to the model is cast to z's dtype.
     """
 
     def __init__(
@@ -123,12 +134,14 @@ class GradientAdjuster(nn.Module):
         scale_by_grad: bool = True,
         bias: bool = True,
         activation: str | None = None,
+        first_order: str = "authors",
+        precision: str = "float32",
     ) -> None:
         super().__init__()
-        check_settings(dim, arch, alpha, beta, policy, kind, activation)
+        check_settings(dim, arch, alpha, beta, policy, kind, activation, first_order, precision)
         self.dim, self.alpha, self.beta = dim, float(alpha), float(beta)
         self.policy, self.per_sample, self.kind = policy, per_sample, kind
-        self.scale_by_grad = scale_by_grad
+        self.scale_by_grad, self.first_order, self.precision = scale_by_grad, first_order, precision
         if kind == "mlp":
             self.h: nn.Module | None = build_mlp(dim, arch, bias, activation)
         elif kind == "cnn":
@@ -139,7 +152,8 @@ class GradientAdjuster(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"alpha={self.alpha}, beta={self.beta}, policy={self.policy}, "
-            f"per_sample={self.per_sample}, kind={self.kind}, scale_by_grad={self.scale_by_grad}"
+            f"per_sample={self.per_sample}, kind={self.kind}, scale_by_grad={self.scale_by_grad}, "
+            f"first_order={self.first_order}, precision={self.precision}"
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -181,25 +195,39 @@ class GradientAdjuster(nn.Module):
 
         Under DDP the step is that of one process on the global batch: dl/dz is taken of the
         global mean loss, and in per-batch mode the decision and |r| use the global means.
+
+        The remainder (Eq. 7) is r = l(z - eta~ g) - l(z) + first-order term (see ``first_order``), with
+        l the batch-mean loss in per-batch mode and, in per-sample mode, each sample's own loss l_i with
+        r_i = l_i(z_i - eta~ g_i) - l_i(z_i) + eta~ <dl_i/dz_i, g_i> for 'taylor' (dl_i/dz_i is B x row i of
+        the batch mean's gradient; g is built from the latter, as it is what the model receives).
+        ``other_loss`` does not depend on z, so it drops out of r.
         """
         if z.shape[-1] != self.dim:
             raise ValueError(f"z has feature size {z.shape[-1]} but the adjuster was built with dim={self.dim}")
         ranks = world_size()
-        features = z.detach().float().requires_grad_(True)
+        dtype = torch.promote_types(z.dtype, STEP_PRECISIONS[self.precision])  # never below z's own
+        features = z.detach().to(dtype).requires_grad_(True)
         with torch.enable_grad():
             sample_losses = loss_fn(features)
-            losses = self._reduce(sample_losses)
+            losses = self._reduce(sample_losses, dtype)
             loss = losses.mean()
             (grad,) = torch.autograd.grad(loss, features)
             grad = grad / ranks  # dl/dz of the mean loss over all ranks' samples
             features = features.detach()
             with torch.autocast(features.device.type, enabled=False):
-                adjustment = self.scaled_adjustment(self(features).float(), grad)
+                h_dtype = next(self.parameters(), features).dtype  # random kinds have no parameters
+                adjustment = self.scaled_adjustment(self(features.to(h_dtype)).to(dtype), grad)
             adjusted_grad = grad + adjustment  # Eq. 5
             tentative_lr = self.beta * lr
             tentative_sample_losses = loss_fn(features - tentative_lr * adjusted_grad)
-            tentative_losses = self._reduce(tentative_sample_losses)
-            first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).sum(-1), losses)
+            tentative_losses = self._reduce(tentative_sample_losses, dtype)
+            if self.first_order == "taylor":
+                # dl/dz of the loss r is of: this rank's batch mean (ranks' r are averaged below, so the
+                # terms add up to the global batch's) or each sample's own (B x its row of the mean's)
+                own_grad = grad * (ranks * losses.numel())
+                first_order = tentative_lr * (own_grad * adjusted_grad).reshape(*losses.shape, -1).sum(-1)
+            else:
+                first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).sum(-1), losses)
             remainder = tentative_losses - losses.detach() + first_order  # Eq. 7
         if self.per_sample:
             objective = remainder.abs().mean()  # Eq. 6, per sample
@@ -225,16 +253,16 @@ class GradientAdjuster(nn.Module):
             g_wins=tentative_sample_losses.detach() <= sample_losses.detach(),
         )
 
-    def _reduce(self, losses: Tensor) -> Tensor:
+    def _reduce(self, losses: Tensor, dtype: torch.dtype) -> Tensor:
         """Per-batch mode works on the batch mean; per-sample mode keeps one loss per sample."""
         if not self.per_sample:
-            return losses.float().mean()
+            return losses.to(dtype).mean()
         if losses.dim() == 0:
             raise ValueError("per_sample=True needs loss_fn to return per-sample losses, not a scalar mean")
-        return losses.float()
+        return losses.to(dtype)
 
     def _per_sample(self, inner: Tensor, losses: Tensor) -> Tensor:
-        """Reduce grad^T g to the loss's shape: mean over dims a loss does not have.
+        """The authors' first-order term: reduce grad^T g to the loss's shape by a mean over dims a loss lacks.
 
         For a scalar loss this is the authors' ``.sum(feature dim).mean(batch)``.
         """
@@ -283,7 +311,9 @@ class GradientAdjuster(nn.Module):
         return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("bias"))
 
 
-def check_settings(dim, arch, alpha, beta, policy, kind, activation) -> None:
+def check_settings(
+    dim, arch, alpha, beta, policy, kind, activation, first_order="authors", precision="float32"
+) -> None:
     """Refuse settings GAL cannot run with (ConfigError naming the setting); the trainer checks before any data."""
     if not isinstance(dim, int) or dim < 1:
         raise ConfigError(f"dim must be a positive int (the feature size of z), got {dim!r}")
@@ -299,3 +329,7 @@ def check_settings(dim, arch, alpha, beta, policy, kind, activation) -> None:
         raise ConfigError(f"arch must be a non-empty list of positive widths for kind={kind!r}, got {list(arch)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise ConfigError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    if first_order not in FIRST_ORDERS:
+        raise ConfigError(f"first_order must be one of {FIRST_ORDERS}, got {first_order!r}")
+    if precision not in STEP_PRECISIONS:
+        raise ConfigError(f"precision must be one of {tuple(STEP_PRECISIONS)}, got {precision!r}")

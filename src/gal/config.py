@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gal.adjuster import check_settings
+from gal.adjuster import FIRST_ORDERS, STEP_PRECISIONS, check_settings
 from gal.distributed import DEVICES
 from gal.errors import ConfigError
 from gal.precision import MODES as PRECISIONS
@@ -172,6 +172,8 @@ class GalConfig:
     scale_by_grad: bool = MISSING
     bias: bool = MISSING
     activation: str | None = MISSING
+    first_order: str = MISSING  # Eq. 7's first-order term: authors | taylor
+    precision: str = MISSING  # the GAL step's own arithmetic: float32 | float64
 
 
 @dataclass
@@ -273,6 +275,8 @@ def validate(cfg: DictConfig) -> None:
     _positive("optimizer.lr", cfg.optimizer.lr)
     _positive("gal.lr", gal.lr)
     _widths("gal.arch", gal.arch)
+    _one_of("gal.first_order", gal.first_order, FIRST_ORDERS)
+    _one_of("gal.precision", gal.precision, tuple(STEP_PRECISIONS))
     if "hidden" in task:  # the regression MLP
         _widths("task.hidden", task.hidden)
     if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)
