@@ -103,11 +103,12 @@ eq7-runs/%: venv
 	$(ONE_THREAD) $(RUN) experiment=$(word 1,$(subst /, ,$*)) gal=on $(call eq7_args,$(word 2,$(subst /, ,$*))) \
 	  name=eq7_$(word 2,$(subst /, ,$*)) seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 $* did not finish (see above)"
 
-eq7: venv  ## Eq. 7's exact first-order term vs the authors' (Table V data sets + digits, 5 seeds), then its table
+eq7: venv  ## Eq. 7's exact first-order term vs the authors' (Table V data sets + digits, 5 seeds): table, figure
 	$(MAKE) --no-print-directory -j$(JOBS) $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) \
 	  digits-runs/off digits-runs/on $(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,\
 	  $(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
 	$(PY) scripts/make_tables.py eq7
+	$(PY) scripts/make_figures.py  # results/figures/eq7_diagnostics.png, with the other figures
 
 # Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
 # Each is a thin alias for an experiment config (configs/experiment/); ARGS="..." adds overrides.

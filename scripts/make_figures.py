@@ -187,6 +187,49 @@ def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
     return True
 
 
+EQ7_STYLE = {"authors": ("tab:red", "GAL, authors' term"), "taylor64": ("tab:green", "Eq. 7, float64"),
+             "taylor32": ("tab:purple", "Eq. 7, float32")}  # fmt: skip
+
+
+def eq7_step_rows(results_dir: Path, row: Any, arm: str) -> list[dict[str, Any]]:
+    """Every GAL step row (all seeds) of one Eq. 7 arm of one task (make_tables.EQ7_ARMS)."""
+    experiment = dict((a, e) for a, e, _ in make_tables.EQ7_ARMS)[arm] or row.experiment
+    logs = Path(results_dir, "runs", experiment, row.task, row.optimizer, "on").glob("seed=*/log.jsonl")
+    return [r for log in sorted(logs) for r in read_log(log) if "remainder" in r]
+
+
+def plot_eq7(results_dir: Path, path: Path) -> bool:
+    """What h learns under each first-order term (make eq7), per task: the distribution of cos(dl/dz, v~), |r|
+    against the loss change of the tentative step, and the fraction of steps taking g per epoch; False when
+    no Eq. 7 run exists."""
+    data = {(row.title, arm): eq7_step_rows(results_dir, row, arm) for row, _ in make_tables.ABLATION_ROWS
+            for arm in EQ7_STYLE}  # fmt: skip
+    if not any(rows for (_, arm), rows in data.items() if arm != "authors"):
+        return False
+    titles = [row.title for row, _ in make_tables.ABLATION_ROWS]
+    fig, axes = plt.subplots(len(titles), 3, figsize=(13, 3.2 * len(titles)), squeeze=False)
+    for (cos_ax, r_ax, g_ax), title in zip(axes, titles):
+        for arm, (color, label) in EQ7_STYLE.items():
+            rows = data[(title, arm)]
+            if not rows:
+                continue
+            cos_ax.hist([r["cosine"] for r in rows], bins=40, range=(-1, 1), color=color, alpha=0.5, label=label)
+            change = np.abs([r["tentative_loss"] - r["loss"] for r in rows]) + 1e-30
+            r_ax.loglog(change, np.abs([r["remainder"] for r in rows]) + 1e-30, ".", ms=1.5, color=color, alpha=0.4)
+            epochs = sorted({r["epoch"] for r in rows})
+            taken = [np.mean([r["adjusted_fraction"] for r in rows if r["epoch"] == e]) for e in epochs]
+            g_ax.plot(epochs, taken, color=color, label=label)
+        cos_ax.set(title=f"{title}: cos(dl/dz, v~) per step", xlabel="cosine", ylabel="steps")
+        r_ax.set(title="|r| against |l(z - eta~ g) - l(z)|", xlabel="|loss change|", ylabel="|r|")
+        g_ax.set(title="steps taking g", xlabel="epoch", ylabel="fraction", ylim=(-0.05, 1.05))
+        cos_ax.legend(fontsize=7)
+    fig.suptitle("What h learns under the authors' first-order term and Eq. 7's (all seeds; make eq7)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return True
+
+
 def load_bench(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
@@ -275,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"ablation_{ablation}.png"
         if plot_ablation(args.results, ablation, path):
             print(f"wrote {path}")
+    if plot_eq7(args.results, out / "eq7_diagnostics.png"):
+        print(f"wrote {out / 'eq7_diagnostics.png'}")
     tables = args.results / "tables"
     tables.mkdir(parents=True, exist_ok=True)
     (tables / "table7.md").write_text(table7(args.results))

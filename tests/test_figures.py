@@ -116,3 +116,15 @@ def test_ablation_figure_plots_each_variant_against_default_and_baseline(make_fi
     path = tmp_path / "ablation_beta.png"
     assert make_figures.plot_ablation(tmp_path, "beta", path) and path.stat().st_size > 0
     assert make_figures.make_tables.ablation_variants(tmp_path, "beta") == ["beta=5.0", "beta=10.0"]
+
+
+def test_eq7_diagnostics_plot_each_arm_of_make_eq7(make_figures, tmp_path: Path) -> None:
+    assert not make_figures.plot_eq7(tmp_path, tmp_path / "eq7.png")  # no Eq. 7 runs: no figure
+    for experiment in ("table5", "eq7_taylor64", "eq7_taylor32"):
+        for seed in range(2):
+            write_log(
+                tmp_path / "runs" / experiment / "diabetes" / "adam" / "on" / f"seed={seed}", True, seed, "eval/mse"
+            )
+    assert make_figures.plot_eq7(tmp_path, tmp_path / "eq7.png") and (tmp_path / "eq7.png").stat().st_size > 0
+    rows = make_figures.eq7_step_rows(tmp_path, make_figures.make_tables.ABLATION_ROWS[1][0], "taylor64")
+    assert len(rows) == 2 * STEPS_PER_EPOCH * EPOCHS and all("remainder" in r for r in rows)

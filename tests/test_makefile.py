@@ -107,6 +107,6 @@ def test_make_eq7_runs_both_eq7_arms_beside_the_baseline_and_the_authors_term_th
         for variant in ("taylor64", "taylor32"):
             assert f"eq7-runs/{experiment}/{variant}" in commands
     assert "table5-runs/boston/off table5-runs/boston/on" in commands and "digits-runs/off digits-runs/on" in commands
-    assert commands.rstrip().endswith("scripts/make_tables.py eq7")
+    assert "scripts/make_tables.py eq7\n" in commands and "scripts/make_figures.py" in commands.splitlines()[-1]
     run = dry_run("eq7-runs/digits/taylor64")
     assert "experiment=digits gal=on gal.first_order=taylor gal.precision=float64" in run and "name=eq7_taylor64" in run
