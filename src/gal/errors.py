@@ -28,6 +28,10 @@ class RunExistsError(SetupError, FileExistsError):
     """The run directory holds a finished run, which is never overwritten."""
 
 
+class RunLockedError(SetupError, RuntimeError):
+    """Another live process holds the run directory (gal.lifecycle.RunLock)."""
+
+
 class CheckpointError(SetupError, ValueError):
     """A checkpoint that cannot be resumed from (empty, not PyTorch's, truncated, another program's)."""
 

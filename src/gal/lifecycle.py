@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from gal.checkpoint import load_checkpoint
-from gal.errors import ConfigError, RunExistsError, SetupError
+from gal.errors import ConfigError, RunExistsError, RunLockedError
+from gal.results import METRICS_FILE
 
 CHECKPOINT_FILE = "last.pt"
-METRICS_FILE = "metrics.json"
 LOCK_FILE = "run.lock"
-IF_EXISTS = ("error", "skip", "resume")
 # Keys that may differ between the launches of one run: where it lives and is shown, how it is fed, what it
 # is told to do when it exists, and its length (checked apart: more epochs extend a run, fewer are refused).
 RESTARTABLE = (
@@ -43,9 +42,8 @@ class Plan:
 
 
 def plan_run(run_dir: Path, config: dict[str, Any], if_exists: str, epochs: int) -> Plan:
-    """What to do with ``run_dir`` for a launch of ``config`` (resolved, plain) that trains ``epochs`` epochs."""
-    if if_exists not in IF_EXISTS:
-        raise ConfigError(f"trainer.if_exists must be one of {IF_EXISTS}, got {if_exists!r}")
+    """What to do with ``run_dir`` for a launch of ``config`` (resolved, plain) that trains ``epochs`` epochs;
+    ``if_exists`` is one of gal.config.IF_EXISTS (gal.config.validate checks it before the trainer gets here)."""
     metrics_file, checkpoint = run_dir / METRICS_FILE, run_dir / CHECKPOINT_FILE
     if metrics_file.exists():
         summary = json.loads(metrics_file.read_text())
@@ -160,7 +158,3 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-class RunLockedError(SetupError, RuntimeError):
-    """Another live process holds the run directory."""

@@ -186,16 +186,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             plan = plan_run(run_dir, plain_cfg, cfg.trainer.if_exists, epochs)
         except Exception as error:  # noqa: BLE001  (passed on, then raised on every rank)
             plan = error
-    plan = broadcast_from_main(plan)
-    if isinstance(plan, Exception):  # every rank stops with rank 0's reason
-        lock.release()
-        raise plan
-    if plan.action == "reuse":
-        lock.release()
-        log.info("%s is done already; reusing it", run_dir)
-        return plan.metrics
     try:
-        return _train(cfg, run_dir, dist_info, epochs, resume=plan.action == "resume", lock=lock)
+        plan = broadcast_from_main(plan)
+        if isinstance(plan, Exception):  # every rank stops with rank 0's reason
+            raise plan
+        if plan.action == "reuse":
+            log.info("%s is done already; reusing it", run_dir)
+            return plan.metrics
+        return _train(cfg, plain_cfg, run_dir, dist_info, epochs, resume=plan.action == "resume", lock=lock)
     except NonFiniteLossError as error:
         kept = kept_checkpoint(run_dir / CHECKPOINT_FILE, cfg.trainer.checkpoint)
         error.args = (f"{error} The run stops here; {kept}.",)
@@ -203,7 +201,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise
         # a learning-rate sweep keeps going: the run is finished, as diverged, and tables show it as such
         if dist_info.is_main:
-            summary = {"metrics": {}, "diverged": str(error), "config": OmegaConf.to_container(cfg, resolve=True)}
+            summary = {"metrics": {}, "diverged": str(error), "config": plain_cfg}
             write_json(summary, run_dir / METRICS_FILE)
         log.warning("%s diverged: %s", run_dir, error)
         return {}
@@ -212,9 +210,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(
-    cfg: DictConfig, run_dir: Path, dist_info: DistInfo, epochs: int, resume: bool, lock: RunLock
+    cfg: DictConfig,
+    plain_cfg: dict[str, Any],
+    run_dir: Path,
+    dist_info: DistInfo,
+    epochs: int,
+    resume: bool,
+    lock: RunLock,
 ) -> dict[str, Any]:
-    """Build, then train from scratch or continue ``run_dir``'s checkpoint (``resume``), to ``epochs``."""
+    """Build, then train from scratch or continue ``run_dir``'s checkpoint (``resume``), to ``epochs``;
+    ``plain_cfg`` is ``cfg`` resolved, as config.yaml, the checkpoint and metrics.json keep it."""
     random_seed(cfg.seed, rank=0)  # the same weights (model and h) on every rank
     task = build_task(cfg.task)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size, dist_info.device)
@@ -237,7 +242,6 @@ def _train(
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     wandb_run = None
     if dist_info.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

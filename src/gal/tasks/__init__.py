@@ -9,11 +9,11 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from gal.errors import ConfigError, DatasetUnavailableError
 
-__all__ = ["DatasetUnavailableError", "LossFn", "Task", "per_process_batch"]
+__all__ = ["DatasetUnavailableError", "LossFn", "Task", "eval_shard", "per_process_batch"]
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -29,6 +29,12 @@ def per_process_batch(global_batch_size: int, world_size: int) -> int:
             "(the lr is the recipe's for its global batch: scale optimizer.lr yourself if you change it)"
         )
     return global_batch_size // world_size
+
+
+def eval_shard(dataset: Dataset, rank: int, world_size: int) -> Subset:
+    """This rank's part of an evaluation split: every world_size-th sample from ``rank``, disjoint and unpadded,
+    so metrics summed over the ranks are exact (a DistributedSampler would pad with repeated samples)."""
+    return Subset(dataset, range(rank, len(dataset), world_size))
 
 
 class Task(Protocol):

@@ -13,12 +13,12 @@ import torch.distributed as dist
 from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
 from gal.errors import ConfigError, WeightsUnavailableError
 from gal.precision import memory_format_of
-from gal.tasks import per_process_batch
+from gal.tasks import eval_shard, per_process_batch
 from gal.tasks.image_data import (
     build_cifar,
     build_imagenet,
@@ -143,9 +143,7 @@ class ClassificationTask:
         workers = {"num_workers": self.num_workers, "pin_memory": device.type == "cuda"}
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=self.drop_last, **workers)
-        # every rank evaluates a disjoint shard, unpadded, so the summed metrics are exact
-        shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
-        return train, DataLoader(shard, self.eval_batch_size, **workers)
+        return train, DataLoader(eval_shard(self.eval_set, rank, world_size), self.eval_batch_size, **workers)
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
         images, labels = batch

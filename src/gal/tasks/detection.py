@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from pycocotools.coco import COCO
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from gal.models.detr.criterion import SetCriterion
 from gal.models.detr.detr import build_detr
 from gal.models.detr.matcher import HungarianMatcher
 from gal.models.detr.official import load_official_checkpoint
-from gal.tasks import per_process_batch
+from gal.tasks import eval_shard, per_process_batch
 from gal.tasks.coco_data import build_coco, collate_detection, detr_transforms
 from gal.tasks.coco_eval import evaluate_coco, gather_detections, postprocess, to_coco_results
 
@@ -90,8 +90,7 @@ class DetectionTask:
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         # facebookresearch/detr main.py: BatchSampler(sampler_train, batch_size, drop_last=True)
         train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=True, **workers)
-        shard = Subset(self.eval_set, range(rank, len(self.eval_set), world_size))
-        return train, DataLoader(shard, self.eval_batch_size, **workers)
+        return train, DataLoader(eval_shard(self.eval_set, rank, world_size), self.eval_batch_size, **workers)
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, list[dict[str, Any]]]):
         """z = the final layer's boxes; loss_fn = its box terms at fixed matching; other = the rest."""

@@ -16,11 +16,11 @@ from sklearn.model_selection import train_test_split
 from timm.data import ImageDataset, create_dataset, create_loader, create_transform, resolve_data_config
 from timm.data.loader import PrefetchLoader, fast_collate
 from timm.models import get_pretrained_cfg
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets, transforms
 
 from gal.errors import ConfigError
-from gal.tasks import DatasetUnavailableError
+from gal.tasks import DatasetUnavailableError, eval_shard
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # authors' CIFAR code (PAPER_NOTES, "CIFAR recipe")
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -79,8 +79,8 @@ def imagenet_data_config(
 ) -> dict[str, Any]:
     """Input size, eval crop, eval interpolation, mean and std: timm's ``resolve_data_config`` over the model's
     pretrained config, with the recipe's values where given, as the authors' train_gal.py resolves them."""
-    args = {"input_size": (3, image_size, image_size) if image_size else None, "crop_pct": crop_pct}
-    args["interpolation"] = interpolation
+    size = (3, image_size, image_size) if image_size else None
+    args = {"input_size": size, "crop_pct": crop_pct, "interpolation": interpolation}
     pretrained_cfg = get_pretrained_cfg(model_name)
     return resolve_data_config(args, pretrained_cfg=pretrained_cfg.to_dict() if pretrained_cfg else None)
 
@@ -150,8 +150,8 @@ def imagenet_eval_loader(
 ) -> PrefetchLoader:
     """Resize to input_size / crop_pct, center crop, normalise on ``device``: timm's eval transform and prefetcher.
 
-    Every rank takes a disjoint shard (rank, rank + world_size, ...), unpadded, so summed metrics are exact; timm's
-    OrderedDistributedSampler would pad the shards with repeated images.
+    Every rank takes its :func:`gal.tasks.eval_shard` (timm's OrderedDistributedSampler would pad the shards with
+    repeated images).
     """
     dataset.transform = create_transform(
         data_config["input_size"],
@@ -162,9 +162,12 @@ def imagenet_eval_loader(
         mean=data_config["mean"],
         std=data_config["std"],
     )
-    shard = Subset(dataset, range(rank, len(dataset), world_size))
     loader = DataLoader(
-        shard, batch_size, num_workers=num_workers, collate_fn=fast_collate, pin_memory=device.type == "cuda"
+        eval_shard(dataset, rank, world_size),
+        batch_size,
+        num_workers=num_workers,
+        collate_fn=fast_collate,
+        pin_memory=device.type == "cuda",
     )
     return PrefetchLoader(loader, mean=data_config["mean"], std=data_config["std"], device=device)
 
