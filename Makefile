@@ -37,7 +37,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
-	digits eq7 bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
+	digits eq7 confirm bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
@@ -95,20 +95,39 @@ reproduce-digits: venv  ## digits (small CNN, real data) baseline vs GAL, 5 seed
 	$(PY) scripts/make_tables.py digits
 
 # Eq. 7 as the paper writes it (issue 13): GAL with the exact first-order term ("taylor") in float64 and in float32,
-# beside the baseline and the authors' term (the Table V and digits runs above), 5 seeds each, then its table.
+# beside the baseline and the authors' term (the Table V and digits runs above), 5 seeds each; then the alpha and
+# beta ablations under the three GAL arms (the authors' term: the `make ablations` runs), the toy problem under
+# each, the table and the figure.
 EQ7_VARIANTS := taylor64:gal.first_order=taylor,gal.precision=float64 taylor32:gal.first_order=taylor,gal.precision=float32
+EQ7_ABLATIONS := alpha beta
 eq7_args = $(subst $(comma), ,$(word 2,$(subst :, ,$(filter $(1):%,$(EQ7_VARIANTS)))))
 comma := ,
 eq7-runs/%: venv
 	$(ONE_THREAD) $(RUN) experiment=$(word 1,$(subst /, ,$*)) gal=on $(call eq7_args,$(word 2,$(subst /, ,$*))) \
 	  name=eq7_$(word 2,$(subst /, ,$*)) seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 $* did not finish (see above)"
+# eq7-sweep/<ablation>/<experiment>/<variant>: an ablation's sweep with Eq. 7's term, in eq7_<variant>_<ablation>/
+eq7-sweep/%: venv
+	$(ONE_THREAD) $(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) gal=on \
+	  $(call eq7_args,$(word 3,$(subst /, ,$*))) \
+	  'name=eq7_$(word 3,$(subst /, ,$*))_$(word 1,$(subst /, ,$*))/$(word 1,$(subst /, ,$*))=$${gal.$(word 1,$(subst /, ,$*))}' \
+	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 sweep $* did not finish (see above)"
+EQ7_RUNS := $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) digits-runs/off digits-runs/on \
+	$(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,$(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
 
-eq7: venv  ## Eq. 7's exact first-order term vs the authors' (Table V data sets + digits, 5 seeds): table, figure
-	$(MAKE) --no-print-directory -j$(JOBS) $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) \
-	  digits-runs/off digits-runs/on $(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,\
-	  $(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
+eq7: venv  ## Eq. 7's exact term vs the authors' (Table V sets, digits, alpha/beta ablations, the toy), 5 seeds
+	$(MAKE) --no-print-directory -j$(JOBS) $(EQ7_RUNS) $(call sweep_targets,$(EQ7_ABLATIONS),$(ABLATION_EXPS)) \
+	  $(foreach a,$(EQ7_ABLATIONS),$(foreach e,$(ABLATION_EXPS),$(foreach v,taylor64 taylor32,eq7-sweep/$(a)/$(e)/$(v))))
+	$(PY) scripts/toy3d.py --eq7 --seeds 0 1 2 3 4
 	$(PY) scripts/make_tables.py eq7
 	$(PY) scripts/make_figures.py  # results/figures/eq7_diagnostics.png, with the other figures
+
+# Conclusions that survive another machine (issue 13, item 5): the runs behind the README's claims with seeds 0-19,
+# one thread per job, $(JOBS) at a time; the tables put the 20-seed means and t-tests beside the 5-seed ones.
+CONFIRM_SEEDS := $(shell seq -s, 0 19)
+confirm: venv  ## the regression sets, their alpha sweep, digits and Eq. 7's arms with 20 seeds, then the tables
+	$(MAKE) --no-print-directory -j$(JOBS) REGRESSION_SEEDS=$(CONFIRM_SEEDS) $(EQ7_RUNS) \
+	  $(foreach d,$(TABLE5_DATASETS),$(foreach a,0.01 0.1 0.5,table5-alpha-runs/$(d)/$(a)))
+	$(PY) scripts/make_tables.py table5 table5_alpha digits eq7
 
 # Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
 # Each is a thin alias for an experiment config (configs/experiment/); ARGS="..." adds overrides.

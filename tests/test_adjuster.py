@@ -185,6 +185,7 @@ def test_extra_dims_are_samples_of_the_feature_dim():
         ({"kind": "rnn"}, "kind"),
         ({"first_order": "exact"}, "first_order"),
         ({"precision": "float16"}, "precision"),
+        ({"ddp": "local"}, "ddp"),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, name):
@@ -568,3 +569,63 @@ def _eq7_authors_float64(z, targets, adj, eta):
         v = adj.h(z.float()).double()
         g = grad + adj.alpha * grad.norm(dim=1, keepdim=True) * v / v.norm(dim=1, keepdim=True)
         return nn.functional.cross_entropy(z - eta * g, targets) - loss + eta * (grad * g).sum(1).mean()
+
+
+def test_mean_first_order_is_the_authors_toy_term():
+    """first_order='mean' (the authors' 3D toy): r = l(z - eta g) - l(z) + eta * mean(dl/dz * g), by hand."""
+    z = torch.tensor([0.75, 1.0], dtype=torch.float64, requires_grad=True)
+    c = torch.tensor([0.3, -0.8], dtype=torch.float64)
+
+    def toy(p):
+        x, y = p[..., 0], p[..., 1]
+        return -torch.sin(x**2) * torch.cos(3 * y**2) * torch.exp(-((x * y) ** 2)) - torch.exp(-((x + y) ** 2))
+
+    alpha, eta = 0.4, 0.02
+    (grad,) = torch.autograd.grad(toy(z), z)
+    g = grad + alpha * grad.norm() * c / c.norm()
+    expected = toy(z.detach() - eta * g) - toy(z.detach()) + eta * (grad * g).mean()
+    remainders = {}
+    for first_order in ("mean", "authors"):
+        adj = _constant_h(GradientAdjuster(2, arch=(4,), alpha=alpha, first_order=first_order).double(), c)
+        remainders[first_order] = adj.backward(z, toy, eta).remainder
+    torch.testing.assert_close(remainders["mean"], expected, rtol=0, atol=1e-15)
+    # the authors' CIFAR term sums over the two coordinates: twice the toy's first-order term
+    torch.testing.assert_close(remainders["authors"] - remainders["mean"], eta * (grad * g).mean(), rtol=1e-12, atol=0)
+
+
+def _per_rank_reference(batches, world_size, gal):
+    """The authors' multi-GPU step written out in one process: each rank's GAL step on its own slice, then
+    the model's and h's gradients averaged over the ranks (what DDP and h's all-reduce do)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 5))
+    adj = GradientAdjuster(5, arch=(8, 4), alpha=0.5, beta=20.0, **{**gal, "ddp": "global"})
+    params = [*model.parameters(), *adj.parameters()]
+    opt = torch.optim.SGD([{"params": model.parameters()}, {"params": adj.parameters()}], lr=0.1)
+    for x, y in batches:
+        total = [torch.zeros_like(p) for p in params]
+        for xs, ys in zip(x.chunk(world_size), y.chunk(world_size)):
+            opt.zero_grad()
+            adj.backward(model(xs), partial(nn.functional.cross_entropy, target=ys), lr=0.1)  # one process alone
+            for t, p in zip(total, params):
+                t += p.grad / world_size
+        for t, p in zip(total, params):
+            p.grad = t
+        opt.step()
+    return {
+        **{f"model.{k}": v for k, v in model.state_dict().items()},
+        **{f"h.{k}": v for k, v in adj.state_dict().items()},
+    }
+
+
+@pytest.mark.parametrize("gal", [{}, {"first_order": "taylor"}])
+def test_per_rank_ddp_is_the_authors_step_on_each_process(tmp_path, gal):
+    gal = {**gal, "ddp": "per_rank"}
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), gal), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    reference = _per_rank_reference(_toy_batches(), 2, gal)
+    global_batch = _toy_run(_toy_batches(), gal={**gal, "ddp": "global"})
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        torch.testing.assert_close(ranks[0][name], reference[name], rtol=1e-5, atol=1e-6)
+    # and it is another step than the global one (local dl/dz norms and decisions)
+    assert any(not torch.allclose(ranks[0][n], global_batch[n], rtol=1e-4, atol=1e-5) for n in ranks[0])

@@ -61,6 +61,9 @@ def test_a_wrong_type_or_key_is_refused_at_compose_time_naming_the_key(overrides
         (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of error, record; got 'ignore'"),
         (["trainer.precision=fp32"], "trainer.precision must be one of auto, off, bf16, fp16; got 'fp32'"),
         (["trainer.device=tpu"], "trainer.device must be one of auto, cpu, cuda; got 'tpu'"),
+        (["gal.first_order=exact"], "gal.first_order must be one of authors, taylor, mean; got 'exact'"),
+        (["gal.precision=float16"], "gal.precision must be one of float32, float64; got 'float16'"),
+        (["gal.ddp=local"], "gal.ddp must be one of global, per_rank; got 'local'"),
     ],
 )
 def test_a_value_out_of_range_is_refused_by_validate_naming_the_key_and_what_is_allowed(overrides, message):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gal.errors import ConfigError, RunExistsError
-from gal.lifecycle import LOCK_FILE, RunLock, RunLockedError
+from gal.lifecycle import LOCK_FILE, RunLock, RunLockedError, check_same_config
 from gal.train import train
 
 FAST = ["task=diabetes", "trainer.progress=false", "trainer.log_every=5"]
@@ -129,3 +129,12 @@ def test_the_lock_is_released_after_a_run_and_reentrant_within_one(tmp_path):
     with RunLock(tmp_path / "run"):
         pass
     assert (tmp_path / "run" / LOCK_FILE).read_text() == ""  # no stale owner left behind
+
+
+def test_a_run_made_before_an_option_existed_compares_as_the_code_before_it(tmp_path):
+    saved = {"gal": {"enabled": True, "alpha": 0.1}}  # a run from before gal.first_order and gal.ddp
+    launch = {"gal": {"enabled": True, "alpha": 0.1, "first_order": "authors", "ddp": "global"}}
+    check_same_config(tmp_path, saved, launch)
+    launch["gal"]["ddp"] = "per_rank"
+    with pytest.raises(ConfigError, match=r"gal.ddp: 'global' -> 'per_rank'"):
+        check_same_config(tmp_path, saved, launch)

@@ -107,6 +107,25 @@ def test_make_eq7_runs_both_eq7_arms_beside_the_baseline_and_the_authors_term_th
         for variant in ("taylor64", "taylor32"):
             assert f"eq7-runs/{experiment}/{variant}" in commands
     assert "table5-runs/boston/off table5-runs/boston/on" in commands and "digits-runs/off digits-runs/on" in commands
+    for ablation in ("alpha", "beta"):  # the ablations under the authors' term and under Eq. 7's
+        assert f"sweep/{ablation}/table5_california" in commands and f"eq7-sweep/{ablation}/digits/taylor32" in commands
+    assert "scripts/toy3d.py --eq7 --seeds 0 1 2 3 4" in commands
     assert "scripts/make_tables.py eq7\n" in commands and "scripts/make_figures.py" in commands.splitlines()[-1]
     run = dry_run("eq7-runs/digits/taylor64")
     assert "experiment=digits gal=on gal.first_order=taylor gal.precision=float64" in run and "name=eq7_taylor64" in run
+    sweep = " ".join(dry_run("eq7-sweep/beta/table5_boston/taylor32").replace("\\\n", " ").split())
+    assert "ablation=beta experiment=table5_boston gal=on gal.first_order=taylor gal.precision=float32" in sweep
+    assert "'name=eq7_taylor32_beta/beta=${gal.beta}'" in sweep
+
+
+def test_make_confirm_runs_the_claims_with_twenty_seeds_then_the_tables():
+    commands = dry_run("confirm", "JOBS=2")
+    assert "REGRESSION_SEEDS=" + ",".join(map(str, range(20))) in commands
+    for target in (
+        "table5-runs/california/off",
+        "table5-alpha-runs/diabetes/0.5",
+        "digits-runs/on",
+        "eq7-runs/digits/taylor32",
+    ):
+        assert target in commands
+    assert "scripts/make_tables.py table5 table5_alpha digits eq7" in commands.splitlines()[-1]

@@ -26,7 +26,8 @@ from gal.errors import ConfigError
 
 KINDS = ("mlp", "cnn", "uniform", "normal")
 POLICIES = ("le", "lt", "always", "never")
-FIRST_ORDERS = ("authors", "taylor")  # Eq. 7's first-order term: see GradientAdjuster
+FIRST_ORDERS = ("authors", "taylor", "mean")  # Eq. 7's first-order term: see GradientAdjuster
+DDP_MODES = ("global", "per_rank")  # one GAL step on the global batch, or one per process (the authors')
 STEP_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}  # the GAL step's own arithmetic
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 _EPS = 1e-12  # guards ||v|| = 0; a zero gradient gives a zero adjustment by itself
@@ -116,10 +117,17 @@ class GradientAdjuster(nn.Module):
             the Taylor term (1/(B x queries) for DETR's boxes), so the remainder keeps the first-order
             -(1 - 1/B) eta~ dl/dz^T g. 'taylor': eta~ <dl/dz, g> summed over every element of z, with
             dl/dz of the loss whose remainder it is, so r is Eq. 7 literally, second order in eta~.
+            'mean': the authors' 3D toy (3d_example/visualize_convergence_gl.py), eta~ (dl/dz * g).mean():
+            the 'authors' term divided by d (half of it for the toy's two coordinates).
         precision: 'float32' (default) or 'float64', the least precision of the GAL step's own
             arithmetic (the losses at z and z - eta~ g, the first-order term, |r|): a z of a wider dtype
             keeps its own, so a float64 model computes in float64 either way. h's input is cast to h's
             parameters' dtype and its output back; the gradient sent to the model is cast to z's dtype.
+        ddp: how a DDP job steps (one process: no difference). 'global' (default): one GAL step on the
+            global batch, as one process would take it. 'per_rank': the authors' multi-GPU step
+            (imagenet/train_gal.py): each process takes dl/dz of its own batch's mean loss, decides on its
+            own losses, and h descends the mean over processes of their |r_r|; DDP then averages the
+            chosen gradients' effect on the model.
     """
 
     def __init__(
@@ -136,12 +144,14 @@ class GradientAdjuster(nn.Module):
         activation: str | None = None,
         first_order: str = "authors",
         precision: str = "float32",
+        ddp: str = "global",
     ) -> None:
         super().__init__()
-        check_settings(dim, arch, alpha, beta, policy, kind, activation, first_order, precision)
+        check_settings(dim, arch, alpha, beta, policy, kind, activation, first_order, precision, ddp)
         self.dim, self.alpha, self.beta = dim, float(alpha), float(beta)
         self.policy, self.per_sample, self.kind = policy, per_sample, kind
         self.scale_by_grad, self.first_order, self.precision = scale_by_grad, first_order, precision
+        self.ddp = ddp
         if kind == "mlp":
             self.h: nn.Module | None = build_mlp(dim, arch, bias, activation)
         elif kind == "cnn":
@@ -153,7 +163,7 @@ class GradientAdjuster(nn.Module):
         return (
             f"alpha={self.alpha}, beta={self.beta}, policy={self.policy}, "
             f"per_sample={self.per_sample}, kind={self.kind}, scale_by_grad={self.scale_by_grad}, "
-            f"first_order={self.first_order}, precision={self.precision}"
+            f"first_order={self.first_order}, precision={self.precision}, ddp={self.ddp}"
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -193,18 +203,22 @@ class GradientAdjuster(nn.Module):
         Accumulates into ``.grad``: the chosen gradient (g or dl/dz) back through z into
         the model, and d|r|/dtheta into h. One backward pass through the backbone.
 
-        Under DDP the step is that of one process on the global batch: dl/dz is taken of the
-        global mean loss, and in per-batch mode the decision and |r| use the global means.
+        Under DDP with ``ddp='global'`` the step is that of one process on the global batch: dl/dz is taken
+        of the global mean loss, and in per-batch mode the decision and |r| use the global means. With
+        ``ddp='per_rank'`` each process steps on its own batch (see the class docstring).
 
         The remainder (Eq. 7) is r = l(z - eta~ g) - l(z) + first-order term (see ``first_order``), with
         l the batch-mean loss in per-batch mode and, in per-sample mode, each sample's own loss l_i with
         r_i = l_i(z_i - eta~ g_i) - l_i(z_i) + eta~ <dl_i/dz_i, g_i> for 'taylor' (dl_i/dz_i is B x row i of
-        the batch mean's gradient; g is built from the latter, as it is what the model receives).
+        the batch mean's gradient; g is built from the latter, as it is what the model receives). The
+        per-sample test of line 7 and the 'authors' term use that batch mean's gradient as the authors'
+        code would: l_i(z_i - eta~ g_i) <= l_i(z_i), with g_i = row i of (dl/dz + v~), 1/B of sample i's own
+        gradient plus an adjustment scaled to it.
         ``other_loss`` does not depend on z, so it drops out of r.
         """
         if z.shape[-1] != self.dim:
             raise ValueError(f"z has feature size {z.shape[-1]} but the adjuster was built with dim={self.dim}")
-        ranks = world_size()
+        ranks = world_size() if self.ddp == "global" else 1  # the processes one step spans
         dtype = torch.promote_types(z.dtype, STEP_PRECISIONS[self.precision])  # never below z's own
         features = z.detach().to(dtype).requires_grad_(True)
         with torch.enable_grad():
@@ -226,11 +240,13 @@ class GradientAdjuster(nn.Module):
                 # terms add up to the global batch's) or each sample's own (B x its row of the mean's)
                 own_grad = grad * (ranks * losses.numel())
                 first_order = tentative_lr * (own_grad * adjusted_grad).reshape(*losses.shape, -1).sum(-1)
+            elif self.first_order == "mean":
+                first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).mean(-1), losses)
             else:
                 first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).sum(-1), losses)
             remainder = tentative_losses - losses.detach() + first_order  # Eq. 7
-        if self.per_sample:
-            objective = remainder.abs().mean()  # Eq. 6, per sample
+        if self.per_sample or self.ddp == "per_rank":  # a process's own decisions; h's grads are averaged below
+            objective = remainder.abs().mean()  # Eq. 6 (per sample: the mean of |r_i|)
             decided_on = tentative_losses.detach(), losses.detach()
         else:
             remainder_all, *decided_on = average_across_ranks(
@@ -312,7 +328,7 @@ class GradientAdjuster(nn.Module):
 
 
 def check_settings(
-    dim, arch, alpha, beta, policy, kind, activation, first_order="authors", precision="float32"
+    dim, arch, alpha, beta, policy, kind, activation, first_order="authors", precision="float32", ddp="global"
 ) -> None:
     """Refuse settings GAL cannot run with (ConfigError naming the setting); the trainer checks before any data."""
     if not isinstance(dim, int) or dim < 1:
@@ -333,3 +349,5 @@ def check_settings(
         raise ConfigError(f"first_order must be one of {FIRST_ORDERS}, got {first_order!r}")
     if precision not in STEP_PRECISIONS:
         raise ConfigError(f"precision must be one of {tuple(STEP_PRECISIONS)}, got {precision!r}")
+    if ddp not in DDP_MODES:
+        raise ConfigError(f"ddp must be one of {DDP_MODES}, got {ddp!r}")

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-from gal.adjuster import FIRST_ORDERS, STEP_PRECISIONS, check_settings
+from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
 from gal.distributed import DEVICES
 from gal.errors import ConfigError
 from gal.precision import MODES as PRECISIONS
@@ -172,8 +172,9 @@ class GalConfig:
     scale_by_grad: bool = MISSING
     bias: bool = MISSING
     activation: str | None = MISSING
-    first_order: str = MISSING  # Eq. 7's first-order term: authors | taylor
+    first_order: str = MISSING  # Eq. 7's first-order term: authors | taylor | mean
     precision: str = MISSING  # the GAL step's own arithmetic: float32 | float64
+    ddp: str = MISSING  # under DDP: global (one step on the global batch) | per_rank (the authors')
 
 
 @dataclass
@@ -277,6 +278,7 @@ def validate(cfg: DictConfig) -> None:
     _widths("gal.arch", gal.arch)
     _one_of("gal.first_order", gal.first_order, FIRST_ORDERS)
     _one_of("gal.precision", gal.precision, tuple(STEP_PRECISIONS))
+    _one_of("gal.ddp", gal.ddp, DDP_MODES)
     if "hidden" in task:  # the regression MLP
         _widths("task.hidden", task.hidden)
     if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)

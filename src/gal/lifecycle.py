@@ -30,6 +30,9 @@ RESTARTABLE = (
     "results_dir", "run_dir", "logger", "trainer.progress", "trainer.log_every", "trainer.device",
     "trainer.if_exists", "task.num_workers", "trainer.epochs", "task.epochs",
 )  # fmt: skip
+# Keys added after runs were made, each with the value that reproduces the code before it: a run saved without
+# one compares as if it had that value, so adding an option does not orphan the runs made before it.
+ADDED = {"gal.first_order": "authors", "gal.precision": "float32", "gal.ddp": "global"}
 SHOWN = 5  # differing keys quoted in an error
 
 
@@ -84,6 +87,9 @@ def plan_run(run_dir: Path, config: dict[str, Any], if_exists: str, epochs: int)
 def check_same_config(run_dir: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to reuse or continue a run under another config, naming the keys that differ."""
     before, now = _flatten(saved), _flatten(config)
+    for key, value in ADDED.items():
+        if key in now and f"{key.split('.')[0]}.enabled" in before:
+            before.setdefault(key, value)
     absent = "<absent>"
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key, absent) != now.get(key, absent))
     if differing:

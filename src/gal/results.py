@@ -2,21 +2,28 @@
 
 A run lives in results/runs/<experiment>/<task>/<optimizer>/<gal>/seed=<n>/ and holds
 config.yaml, log.jsonl, last.pt (the latest epoch's checkpoint) and, once finished,
-metrics.json: the resolved config, the last evaluation's metrics ("metrics") and the evaluation
-that was best by the task's objective ("best", with its epoch).
+metrics.json: the resolved config, the last evaluation's metrics ("metrics"), the evaluation
+that was best by the task's objective ("best", with its epoch), and the machine and library
+versions that produced them ("environment").
 """
 
 import json
+import platform
 from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
 
 from gal.storage import write_atomically
 
 METRICS_FILE = "metrics.json"
+# the libraries whose versions a run records: the numbers can move with any of them
+LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "hydra-core", "pycocotools")
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
@@ -24,6 +31,47 @@ def write_json(data: dict[str, Any], path: Path) -> None:
     :class:`gal.errors.StorageError` and leaves no temp file."""
     text = (json.dumps(data, indent=2) + "\n").encode()
     write_atomically(path, lambda file: file.write(text))
+
+
+def environment(device: torch.device, world_size: int) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: the processor, the threads and the library versions.
+
+    Runs are bit-for-bit repeatable on the same machine with the same thread count; another CPU model rounds
+    differently, and long runs amplify that (issue 13), so metrics.json records where each number came from.
+    """
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {
+        "cpu": _cpu_model(),
+        "gpu": gpu,
+        "processes": world_size,
+        "threads": torch.get_num_threads(),  # intra-op threads per process (OMP_NUM_THREADS)
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda if gpu else None,
+        "libraries": _library_versions(),
+    }
+
+
+@cache
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; what platform knows elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
+def _library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"torch": torch.__version__}  # with its build (e.g. +cu130)
+    for name in LIBRARIES[1:]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def run_dirs(results_dir: Path, experiment: str, task: str, optimizer: str, gal: str) -> list[Path]:

@@ -34,7 +34,7 @@ from gal.errors import ConfigError, RunExistsError, SetupError
 from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import METRICS_FILE, keep_best, write_json
+from gal.results import METRICS_FILE, environment, keep_best, write_json
 from gal.rng import rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler
@@ -202,6 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # a learning-rate sweep keeps going: the run is finished, as diverged, and tables show it as such
         if dist_info.is_main:
             summary = {"metrics": {}, "diverged": str(error), "config": plain_cfg}
+            summary["environment"] = environment(dist_info.device, dist_info.world_size)
             write_json(summary, run_dir / METRICS_FILE)
         log.warning("%s diverged: %s", run_dir, error)
         return {}
@@ -294,6 +295,7 @@ def _train(
             "train_seconds": time.perf_counter() - started,
             "gal_weights": trainee.adjuster.count_weights() if trainee.adjuster is not None else 0,
             "config": plain_cfg,
+            "environment": environment(dist_info.device, dist_info.world_size),
         }
         write_json(summary, run_dir / METRICS_FILE)
         log.info("%s: %s", run_dir, metrics)
