@@ -31,6 +31,8 @@ IMAGENET_METRICS: list[Metric] = [("acc1", "Top-1 % ↑", False), ("acc5", "Top-
 COCO_METRICS: list[Metric] = [(k, f"{k} ↑", False) for k in ("AP", "AP50", "AP75", "APS", "APM", "APL")]
 DIGITS_METRICS: list[Metric] = [("error", "Top-1 error % ↓", True), ("loss", "Test loss ↓", True)]
 SENSITIVITY_ALPHAS = (0.001, 0.01, 0.1, 0.5)
+PROTOCOL_SEEDS = range(5)  # the paper's protocol: 5 seeds (Table V; Tables I-IV run 3, seeds 0-2)
+CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison (issue 13, item 5)
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,12 @@ TABLE4_ROWS = [  # paper Table IV: COCO 2017 val, DETR, 150 epochs
 DIGITS_ROWS = [Row("Digits, small CNN, SGD", "digits", "digits", "sgd", "make reproduce-digits")]
 
 
-def collect(results_dir: Path, row: Row, gal: str, metrics: list[Metric]) -> dict[str, np.ndarray]:
-    """metric -> values over the seeds of one arm (empty arrays when there are no runs)."""
-    runs = {d: load_metrics(d) for d in run_dirs(results_dir, row.experiment, row.task, row.optimizer, gal)}
+def collect(
+    results_dir: Path, row: Row, gal: str, metrics: list[Metric], seeds: range = PROTOCOL_SEEDS
+) -> dict[str, np.ndarray]:
+    """metric -> values over the runs of one arm whose seed is in ``seeds`` (empty arrays when there are none)."""
+    found = run_dirs(results_dir, row.experiment, row.task, row.optimizer, gal)
+    runs = {d: load_metrics(d) for d in found if int(d.name.removeprefix("seed=")) in seeds}
     # a diverged run (trainer.on_nonfinite=record) counts as NaN: it shows in the mean, never silently dropped
     reported = {d: None if "diverged" in r else reported_metrics(d, r, row.reported) for d, r in runs.items()}
     return {key: np.array([np.nan if m is None else m[key] for m in reported.values()]) for key, _, _ in metrics}
@@ -172,6 +177,63 @@ def verdict(baseline: dict[str, np.ndarray], gal: dict[str, np.ndarray], metrics
     return "; ".join(p for p in parts if p) + " (p < 0.05)"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One comparison a table makes: arm A against arm B on one metric (each arm a Row and its gal folder)."""
+
+    label: str
+    metric: Metric
+    a: tuple[Row, str]
+    b: tuple[Row, str]
+
+
+def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
+    """Each comparison at the paper's 5 seeds and at 20 (`make confirm`), and whether its verdict holds.
+
+    A difference found with 5 seeds on one machine can be float rounding amplified by training: another CPU moved
+    California's baseline by two standard deviations (issue 13). A claim stands only where 20 seeds agree.
+    """
+    lines = ["| Comparison | metric | 5 seeds: A → B (p) | 20 seeds: A → B (p) | at 20 seeds |", "|" + " --- |" * 5]
+    for claim in claims:
+        key, title, lower_is_better = claim.metric
+        cells = []
+        for seeds in (PROTOCOL_SEEDS, CONFIRM_SEEDS):
+            a, b = (collect(results_dir, row, gal, [claim.metric], seeds)[key] for row, gal in (claim.a, claim.b))
+            cells.append((a, b, Comparison(a, b).t_test[1]) if len(a) == len(b) == len(seeds) else None)
+        if cells[1] is None:
+            continue
+        five, twenty = (f"{np.mean(c[0]):.4g} → {np.mean(c[1]):.4g} ({c[2]:.2g})" if c else "missing" for c in cells)
+        lines.append(f"| {claim.label} | {title} | {five} | {twenty} | {holds(cells[0], cells[1], lower_is_better)} |")
+    if len(lines) == 2:
+        return ["20-seed confirmation: not run here (`make confirm` runs seeds 0-19)."]
+    return [
+        "## 20-seed confirmation",
+        "",
+        "Seeds 0-19 (`make confirm`) beside the paper's 5 (seeds 0-4); means, and p from `scipy.stats.ttest_ind`. "
+        "Only what holds at 20 seeds is claimed in the README.",
+        "",
+        *lines,
+    ]
+
+
+def holds(five: tuple | None, twenty: tuple, lower_is_better: bool) -> str:
+    """Whether the 5-seed verdict (a difference at p < 0.05, or none) holds with 20 seeds."""
+
+    def said(cell: tuple | None) -> str | None:
+        if cell is None or not cell[2] < 0.05:
+            return None
+        return "B better" if (np.mean(cell[1]) < np.mean(cell[0])) == lower_is_better else "B worse"
+
+    at_5, at_20 = said(five), said(twenty)
+    if at_5 and at_5 == at_20:
+        return f"confirmed: {at_20}"
+    if at_5:
+        return f"not confirmed ({at_5} at 5 seeds only)"
+    if at_20:
+        return f"{at_20}: appears only with 20 seeds"
+    return "no difference at 5 or 20 seeds"
+
+
 def comparison_table(results_dir: Path, rows: list[Row], metrics: list[Metric], heading: str) -> str:
     """Baseline vs GAL per row: ours (mean±std, t-test) beside the paper's numbers."""
     blank = " |" * len(metrics)
@@ -213,8 +275,13 @@ def comparison_table(results_dir: Path, rows: list[Row], metrics: list[Metric], 
             "",
             "Verdict (ours):",
             *verdicts,
+            "",
+            *confirmation(results_dir, [
+                Claim(f"{row.title}: baseline (A) vs GAL (B)", metric, (row, "off"), (row, "on"))
+                for row in rows for metric in metrics if metric[0] != "r2"  # R2 = 1 - MSE / var(y): MSE's p
+            ]),
         ]
-    )
+    )  # fmt: skip
 
 
 def table5_alpha(results_dir: Path) -> str:
@@ -247,8 +314,15 @@ def table5_alpha(results_dir: Path) -> str:
             "p from `scipy.stats.ttest_ind`. Every other setting as in Table V.",
             "",
             *lines,
+            "",
+            *confirmation(results_dir, [
+                Claim(f"{row.title}: baseline (A) vs alpha {alpha} (B)", metric, (row, "off"),
+                      (Row(row.title, "table5" if alpha == 0.001 else f"table5_alpha{alpha}", row.task, row.optimizer,
+                           row.command), "on"))
+                for row in TABLE5_ROWS for alpha in SENSITIVITY_ALPHAS[1:] for metric in REGRESSION_METRICS[:2]
+            ]),
         ]
-    )
+    )  # fmt: skip
 
 
 # Where each ablation is run on this machine, and the paper-setting GAL runs it is tested against.
@@ -441,37 +515,62 @@ def adarem_table(results_dir: Path) -> str:
 
 
 # Eq. 7 (issue 13): (a) baseline and (b) GAL as the authors compute the first-order term (the Table V / digits
-# runs), against (c) Eq. 7's exact term in float64 and (d) in float32 (`make eq7`).
+# runs), against (c) Eq. 7's exact term in float64 and (d) in float32 (`make eq7`); the same four arms under each
+# value of the alpha and beta ablations ((b): the `make ablations` sweeps; (c), (d): eq7_<arm>_<ablation>/).
 EQ7_ARMS = (("baseline", None, "off"), ("authors", None, "on"), ("taylor64", "eq7_taylor64", "on"),
             ("taylor32", "eq7_taylor32", "on"))  # fmt: skip
+# (column, B, A): each p tests arm A against arm B
+EQ7_TESTS = (("b", "authors", "baseline"), ("c", "taylor64", "baseline"), ("d", "taylor32", "baseline"),
+             ("cb", "taylor64", "authors"))  # fmt: skip
+EQ7_ABLATIONS = ("alpha", "beta")
+TOY_EQ7 = Path("toy") / "eq7_toy.json"  # under results/, written by `python scripts/toy3d.py --eq7`
+
+
+def eq7_sources(row: Row, ablation: str | None = None, variant: str | None = None) -> dict[str, tuple[Row, str]]:
+    """Where each arm's runs live: the paper-setting runs, or one value of an ablation's sweep."""
+    sources = {}
+    for arm, prefix, gal in EQ7_ARMS:
+        if ablation is None or arm == "baseline":
+            experiment = prefix or row.experiment
+        else:
+            experiment = f"{prefix or 'ablation'}_{ablation}/{variant}"
+        sources[arm] = (Row(row.title, experiment, row.task, row.optimizer, "make eq7"), gal)
+    return sources
+
+
+def eq7_line(results_dir: Path, label: str, metric: Metric, sources: dict[str, tuple[Row, str]]) -> tuple[str, str]:
+    """One table line (the four arms, the p-values, seeds) and what differs at p < 0.05, in words ("" if none)."""
+    arms = {arm: collect(results_dir, row, gal, [metric])[metric[0]] for arm, (row, gal) in sources.items()}
+    missing = [arm for arm, values in arms.items() if len(values) == 0]
+    if missing:
+        return f"{label} | {metric[1]} | missing: {', '.join(missing)} (run `make eq7`) |" + " |" * 8, "missing"
+    p = {column: Comparison(arms[a], arms[b]).t_test[1] for column, b, a in EQ7_TESTS}
+    said = []
+    for column, b, a in EQ7_TESTS:
+        if p[column] < 0.05:
+            better = (np.mean(arms[b]) < np.mean(arms[a])) == metric[2]
+            said.append(f"{b} {'better' if better else 'worse'} than {a} (p = {p[column]:.2g})")
+    cells = " | ".join(fmt(arms[arm]) for arm, _, _ in EQ7_ARMS)
+    pvalues = " | ".join(f"{p[column]:.2g}" for column, _, _ in EQ7_TESTS)
+    seeds = "/".join(str(len(arms[arm])) for arm, _, _ in EQ7_ARMS)
+    return f"{label} | {metric[1]} | {cells} | {pvalues} | {seeds} |", "; ".join(said)
+
+
+EQ7_HEADER = [
+    "| Task | setting | metric | (a) baseline | (b) GAL, authors' term | (c) Eq. 7, float64 | (d) Eq. 7, float32 | "
+    "p (b) vs (a) | p (c) vs (a) | p (d) vs (a) | p (c) vs (b) | seeds |",
+    "|" + " --- |" * 12,
+]
 
 
 def eq7_table(results_dir: Path) -> str:
-    """Per task: the four arms' test metric, t-tests against the baseline and of (c) against (b), a verdict."""
-    lines = [
-        "| Task | metric | (a) baseline | (b) GAL, authors' term | (c) Eq. 7, float64 | (d) Eq. 7, float32 | "
-        "p (b) vs (a) | p (c) vs (a) | p (d) vs (a) | p (c) vs (b) | seeds |",
-        "|" + " --- |" * 11,
-    ]
-    verdicts = []
+    """Per task: the four arms at the paper's settings and under each alpha and beta, t-tests, a verdict per task."""
+    lines, verdicts = list(EQ7_HEADER), []
     for row, metric in ABLATION_ROWS:
-        arms = {}
-        for arm, experiment, gal in EQ7_ARMS:
-            source = Row(row.title, experiment or row.experiment, row.task, row.optimizer, "make eq7")
-            arms[arm] = collect(results_dir, source, gal, [metric])[metric[0]]
-        if any(len(values) == 0 for values in arms.values()):
-            missing = [arm for arm, values in arms.items() if len(values) == 0]
-            lines.append(f"| {row.title} | {metric[1]} | missing: {', '.join(missing)} (run `make eq7`) |" + " |" * 8)
-            verdicts.append(f"- {row.title}: missing")
-            continue
-        p = {name: Comparison(arms[x], arms[y]).t_test[1] for name, x, y in (
-            ("b", "baseline", "authors"), ("c", "baseline", "taylor64"), ("d", "baseline", "taylor32"),
-            ("cb", "authors", "taylor64"))}  # fmt: skip
-        cells = " | ".join(fmt(arms[arm]) for arm, _, _ in EQ7_ARMS)
-        seeds = "/".join(str(len(arms[arm])) for arm, _, _ in EQ7_ARMS)
-        lines.append(f"| {row.title} | {metric[1]} | {cells} | {p['b']:.2g} | {p['c']:.2g} | {p['d']:.2g} | "
-                     f"{p['cb']:.2g} | {seeds} |")  # fmt: skip
-        verdicts.append(f"- {row.title}: {eq7_verdict(arms, p, metric[2])}")
+        line, said = eq7_line(results_dir, f"| {row.title} | paper", metric, eq7_sources(row))
+        lines.append(line)
+        verdicts.append(f"- {row.title}: {said or 'no arm differs from the baseline, nor (c) from (b) (p ≥ 0.05)'}")
+    sections = [eq7_ablation(results_dir, ablation) for ablation in EQ7_ABLATIONS]
     return "\n".join(
         [
             "# Eq. 7 as the paper writes it, and as the authors' code computes it",
@@ -481,25 +580,63 @@ def eq7_table(results_dir: Path) -> str:
             "term: r stays first order in eta~); (c) and (d) take Eq. 7's, eta~ <dl/dz, g> over every element of z "
             "(`gal.first_order=taylor`), with the GAL step's arithmetic in float64 (c) or float32 (d, where r is "
             "mostly rounding at these tasks' beta). Every other setting is the paper's (Table V: alpha = beta = "
-            "0.001; digits: alpha 0.001, beta 1). p from `scipy.stats.ttest_ind`; mean ± sample std over seeds.",
+            "0.001; digits: alpha 0.001, beta 1), or the ablation's value. p from `scipy.stats.ttest_ind`; mean ± "
+            "sample std over seeds 0-4.",
+            "",
+            "## Paper settings",
             "",
             *lines,
             "",
             "Verdict:",
             *verdicts,
+            "",
+            *[line for section in sections for line in section],
+            *eq7_toy(results_dir),
+            *confirmation(results_dir, [
+                Claim(f"{row.title}: {a} (A) vs {b} (B)", metric, sources[a], sources[b])
+                for row, metric in ABLATION_ROWS for sources in [eq7_sources(row)] for _, b, a in EQ7_TESTS
+            ]),
         ]
+    )  # fmt: skip
+
+
+def eq7_ablation(results_dir: Path, ablation: str) -> list[str]:
+    """The four arms at each value of one ablation (the baseline is the same runs throughout), a verdict per task."""
+    roots = [results_dir / "runs" / f"{prefix or 'ablation'}_{ablation}" for _, prefix, _ in EQ7_ARMS[1:]]
+    variants = sorted(
+        {p.name for root in roots if root.exists() for p in root.iterdir() if p.is_dir()}, key=natural_key
     )
+    if not variants:
+        return [f"## {ablation} ablation under each arm", "", "missing: run `make eq7`", ""]
+    lines, verdicts = list(EQ7_HEADER), []
+    for row, metric in ABLATION_ROWS:
+        found = []
+        for variant in variants:
+            line, said = eq7_line(
+                results_dir, f"| {row.title} | {variant}", metric, eq7_sources(row, ablation, variant)
+            )
+            lines.append(line)
+            found += [f"{variant}: {said}"] if said else []
+        verdicts.append(f"- {row.title}: " + ("; ".join(found) if found else "no difference at any value (p ≥ 0.05)"))
+    return [
+        f"## {ablation} ablation under each arm",
+        "",
+        f"`configs/ablation/{ablation}.yaml` swept with each GAL arm; (a) is the paper-setting baseline.",
+        "",
+        *lines,
+        "",
+        "Verdict:",
+        *verdicts,
+        "",
+    ]
 
 
-def eq7_verdict(arms: dict[str, np.ndarray], p: dict[str, float], lower_is_better: bool) -> str:
-    """Which arms differ from the baseline, and (c) from (b), at p < 0.05, in words."""
-    said = []
-    for key, arm, against in (("b", "authors", "baseline"), ("c", "taylor64", "baseline"),
-                              ("d", "taylor32", "baseline"), ("cb", "taylor64", "authors")):  # fmt: skip
-        if p[key] < 0.05:
-            better = (np.mean(arms[arm]) < np.mean(arms[against])) == lower_is_better
-            said.append(f"{arm} {'better' if better else 'worse'} than {against} (p = {p[key]:.2g})")
-    return "; ".join(said) if said else "no arm differs from the baseline, nor Eq. 7 from the authors' term (p ≥ 0.05)"
+def eq7_toy(results_dir: Path) -> list[str]:
+    """The toy problem under the four arms, from `python scripts/toy3d.py --eq7` (its own table: eq7_toy.md)."""
+    path = results_dir / TOY_EQ7
+    if not path.exists():
+        return ["## Toy problem (Fig. 4)", "", f"missing: {path} (run `python scripts/toy3d.py --eq7`)", ""]
+    return ["## Toy problem (Fig. 4)", "", *json.loads(path.read_text())["verdicts"], ""]
 
 
 TABLES: dict[str, Callable[[Path], str]] = {

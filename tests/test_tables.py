@@ -128,7 +128,37 @@ def test_eq7_table_tests_every_arm_against_the_baseline_and_eq7_against_the_auth
     mse = {key: [m**2 for m in maes] for key, maes in arms.items()}
     p_c = stats.ttest_ind(mse[("table5", "off")], mse[("eq7_taylor64", "on")]).pvalue
     p_cb = stats.ttest_ind(mse[("table5", "on")], mse[("eq7_taylor64", "on")]).pvalue
-    row = next(line for line in text.splitlines() if line.startswith("| Diabetes |"))
+    row = next(line for line in text.splitlines() if line.startswith("| Diabetes | paper |"))
     assert f"| {p_c:.2g} |" in row and row.endswith(f"| {p_cb:.2g} | 3/3/3/3 |")
     assert f"- Diabetes: taylor64 better than baseline (p = {p_c:.2g})" in text
-    assert "| Boston housing | MSE ↓ | missing: baseline, authors, taylor64, taylor32 (run `make eq7`) |" in text
+    assert (
+        "| Boston housing | paper | MSE ↓ | missing: baseline, authors, taylor64, taylor32 (run `make eq7`) |" in text
+    )
+    # an ablation's value under each arm: (b) from `make ablations`, (c) and (d) from eq7_<arm>_<ablation>
+    swept = {"ablation_beta": [3.0, 3.1, 3.2], "eq7_taylor64_beta": [4.0, 4.1, 4.2]}
+    swept["eq7_taylor32_beta"] = [3.0, 3.2, 3.1]
+    for experiment, maes in swept.items():
+        _write_runs(tmp_path, f"{experiment}/beta=5.0", "diabetes", "on", maes)
+    text = make_tables.TABLES["eq7"](tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| Diabetes | beta=5.0 |"))
+    p_c = stats.ttest_ind(mse[("table5", "off")], [m**2 for m in (4.0, 4.1, 4.2)]).pvalue
+    assert row.endswith("| 3/3/3/3 |") and f"| {p_c:.2g} |" in row
+    assert f"- Diabetes: beta=5.0: taylor64 worse than baseline (p = {p_c:.2g})" in text
+    assert "- Boston housing: beta=5.0: missing" in text
+
+
+def test_tables_take_the_papers_five_seeds_and_confirm_each_comparison_with_twenty(tmp_path):
+    rng = np.random.default_rng(0)
+    baseline, gal = 3.0 + 0.1 * rng.standard_normal(20), 3.0 + 0.1 * rng.standard_normal(20)
+    gal[:5] -= 0.5  # a difference in seeds 0-4 only
+    _write_runs(tmp_path, "table5", "diabetes", "off", list(baseline))
+    _write_runs(tmp_path, "table5", "diabetes", "on", list(gal))
+    text = make_tables.TABLES["table5"](tmp_path)
+    assert f"{np.mean(baseline[:5]):.4f}±{np.std(baseline[:5], ddof=1):.4f}" in text and "| 5 / 5 |" in text
+    p5, p20 = stats.ttest_ind(baseline[:5], gal[:5]).pvalue, stats.ttest_ind(baseline, gal).pvalue
+    assert p5 < 0.05 <= p20
+    row = next(line for line in text.splitlines() if line.startswith("| Diabetes: baseline (A) vs GAL (B) | MAE"))
+    assert f"({p5:.2g}) | {np.mean(baseline):.4g} → {np.mean(gal):.4g} ({p20:.2g}) |" in row
+    assert row.endswith("| not confirmed (B better at 5 seeds only) |")
+    assert "| R2" not in text.split("20-seed confirmation")[1]  # R2 is MSE's affine image: the same p
+    assert "20-seed confirmation: not run here" in make_tables.TABLES["digits"](tmp_path)
