@@ -189,7 +189,7 @@ adarem: venv  ## AdaRem vs SGD-M vs Adam over an lr grid (regression, digits, th
 	$(PY) scripts/make_tables.py adarem
 
 # Fig. 4: the 3D toy problem, standard vs GAL for five optimizers (seconds on a CPU)
-fig4: venv  ## Fig. 4, the 3D toy problem (seeds 0-4 of h)
+fig4: venv  ## Fig. 4, the 3D toy problem (the authors' seeds of h; seeds 0-4 in fig4_seeds.md)
 	$(PY) scripts/toy3d.py --seeds 0 1 2 3 4
 
 # Figs. 5, 6, 8b (curves from the runs' log.jsonl) and Table VII (from results/bench/*.json)
