@@ -106,10 +106,11 @@ eq7-runs/%: venv
 	$(ONE_THREAD) $(RUN) experiment=$(word 1,$(subst /, ,$*)) gal=on $(call eq7_args,$(word 2,$(subst /, ,$*))) \
 	  name=eq7_$(word 2,$(subst /, ,$*)) seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 $* did not finish (see above)"
 # eq7-sweep/<ablation>/<experiment>/<variant>: an ablation's sweep with Eq. 7's term, in eq7_<variant>_<ablation>/
+# (the name is quoted for Hydra's override grammar, which takes no bare "=" in a value)
 eq7-sweep/%: venv
 	$(ONE_THREAD) $(RUN) ablation=$(word 1,$(subst /, ,$*)) experiment=$(word 2,$(subst /, ,$*)) gal=on \
 	  $(call eq7_args,$(word 3,$(subst /, ,$*))) \
-	  'name=eq7_$(word 3,$(subst /, ,$*))_$(word 1,$(subst /, ,$*))/$(word 1,$(subst /, ,$*))=$${gal.$(word 1,$(subst /, ,$*))}' \
+	  'name="eq7_$(word 3,$(subst /, ,$*))_$(word 1,$(subst /, ,$*))/$(word 1,$(subst /, ,$*))=$${gal.$(word 1,$(subst /, ,$*))}"' \
 	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 sweep $* did not finish (see above)"
 EQ7_RUNS := $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) digits-runs/off digits-runs/on \
 	$(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,$(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
