@@ -610,14 +610,20 @@ def eq7_ablation(results_dir: Path, ablation: str) -> list[str]:
         return [f"## {ablation} ablation under each arm", "", "missing: run `make eq7`", ""]
     lines, verdicts = list(EQ7_HEADER), []
     for row, metric in ABLATION_ROWS:
-        found = []
+        found, missing = [], []
         for variant in variants:
             line, said = eq7_line(
                 results_dir, f"| {row.title} | {variant}", metric, eq7_sources(row, ablation, variant)
             )
             lines.append(line)
-            found += [f"{variant}: {said}"] if said else []
-        verdicts.append(f"- {row.title}: " + ("; ".join(found) if found else "no difference at any value (p ≥ 0.05)"))
+            if said == "missing":
+                missing.append(variant)
+            elif said:
+                found.append(f"{variant}: {said}")
+        verdict = "; ".join(found) if found else f"no difference at any {'other ' if missing else ''}value (p ≥ 0.05)"
+        verdict += f"; missing at {', '.join(missing)} (run `make eq7`)" if missing else ""
+        verdict = "missing (run `make eq7`)" if len(missing) == len(variants) else verdict
+        verdicts.append(f"- {row.title}: {verdict}")
     return [
         f"## {ablation} ablation under each arm",
         "",
