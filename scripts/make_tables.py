@@ -642,7 +642,8 @@ def eq7_toy(results_dir: Path) -> list[str]:
     path = results_dir / TOY_EQ7
     if not path.exists():
         return ["## Toy problem (Fig. 4)", "", f"missing: {path} (run `python scripts/toy3d.py --eq7`)", ""]
-    return ["## Toy problem (Fig. 4)", "", *json.loads(path.read_text())["verdicts"], ""]
+    verdicts = json.loads(path.read_text())["verdicts"]
+    return ["## Toy problem (Fig. 4)", "", "Every arm's numbers: [eq7_toy.md](eq7_toy.md).", "", *verdicts, ""]
 
 
 TABLES: dict[str, Callable[[Path], str]] = {
