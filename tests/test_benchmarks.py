@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end and write their JSON (no timing asserted: see results/bench/)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,6 @@ def test_benchmark_script_writes_its_report(tmp_path, script, args):
     assert report["device"] and report["command"].startswith("python") and report["cases"]
     if script == "bench_gal_overhead.py":  # GAL's own arithmetic in float64 against float32 (issue 13)
         assert all(case["float64_ratio"] > 0 for case in report["cases"])
+        alone = [case["gal_step_alone_ms"] for case in report["cases"]]  # the GAL step by itself, both dtypes
+        assert all(a["float32"]["median_ms"] > 0 and a["float64"]["median_ms"] > 0 for a in alone)
+        assert all(math.isfinite(case["float64_cost"]) for case in report["cases"])
