@@ -121,11 +121,22 @@ def collect(
     results_dir: Path, row: Row, gal: str, metrics: list[Metric], seeds: range = PROTOCOL_SEEDS
 ) -> dict[str, np.ndarray]:
     """metric -> values over the runs of one arm whose seed is in ``seeds`` (empty arrays when there are none)."""
-    found = run_dirs(results_dir, row.experiment, row.task, row.optimizer, gal)
-    runs = {d: load_metrics(d) for d in found if int(d.name.removeprefix("seed=")) in seeds}
+    runs = collect_by_seed(results_dir, row, gal, metrics, seeds)
+    return {key: np.array([run[key] for run in runs.values()]) for key, _, _ in metrics}
+
+
+def collect_by_seed(
+    results_dir: Path, row: Row, gal: str, metrics: list[Metric], seeds: range
+) -> dict[int, dict[str, float]]:
+    """seed -> {metric: value} for the finished runs of one arm whose seed is in ``seeds``, in seed order."""
+    found = {int(d.name.removeprefix("seed=")): d for d in run_dirs(results_dir, row.experiment, row.task,
+                                                                    row.optimizer, gal)}  # fmt: skip
+    runs = {seed: (d, load_metrics(d)) for seed, d in found.items() if seed in seeds}
     # a diverged run (trainer.on_nonfinite=record) counts as NaN: it shows in the mean, never silently dropped
-    reported = {d: None if "diverged" in r else reported_metrics(d, r, row.reported) for d, r in runs.items()}
-    return {key: np.array([np.nan if m is None else m[key] for m in reported.values()]) for key, _, _ in metrics}
+    reported = {
+        seed: None if "diverged" in r else reported_metrics(d, r, row.reported) for seed, (d, r) in runs.items()
+    }
+    return {seed: {key: np.nan if m is None else m[key] for key, _, _ in metrics} for seed, m in reported.items()}
 
 
 def reported_metrics(run_dir: Path, run: dict, which: str) -> dict[str, float]:
@@ -196,10 +207,16 @@ def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
     lines = ["| Comparison | metric | 5 seeds: A → B (p) | 20 seeds: A → B (p) | at 20 seeds |", "|" + " --- |" * 5]
     for claim in claims:
         key, title, lower_is_better = claim.metric
+        a, b = (
+            collect_by_seed(results_dir, row, gal, [claim.metric], CONFIRM_SEEDS) for row, gal in (claim.a, claim.b)
+        )
         cells = []
-        for seeds in (PROTOCOL_SEEDS, CONFIRM_SEEDS):
-            a, b = (collect(results_dir, row, gal, [claim.metric], seeds)[key] for row, gal in (claim.a, claim.b))
-            cells.append((a, b, Comparison(a, b).t_test[1]) if len(a) == len(b) == len(seeds) else None)
+        for seeds in (PROTOCOL_SEEDS, CONFIRM_SEEDS):  # one read of seeds 0-19, split by seed
+            if all(seed in a and seed in b for seed in seeds):
+                va, vb = (np.array([arm[seed][key] for seed in seeds]) for arm in (a, b))
+                cells.append((va, vb, Comparison(va, vb).t_test[1]))
+            else:
+                cells.append(None)
         if cells[1] is None:
             continue
         five, twenty = (f"{np.mean(c[0]):.4g} → {np.mean(c[1]):.4g} ({c[2]:.2g})" if c else "missing" for c in cells)
@@ -224,6 +241,10 @@ def holds(five: tuple | None, twenty: tuple, lower_is_better: bool) -> str:
             return None
         return "B better" if (np.mean(cell[1]) < np.mean(cell[0])) == lower_is_better else "B worse"
 
+    diverged = [f"{arm} diverged on {int(np.isnan(v).sum())} of {len(v)} seeds" for arm, v in zip("AB", twenty[:2])
+                if np.isnan(v).any()]  # fmt: skip
+    if diverged:
+        return "; ".join(diverged) + " (no t-test)"
     at_5, at_20 = said(five), said(twenty)
     if at_5 and at_5 == at_20:
         return f"confirmed: {at_20}"
@@ -381,6 +402,7 @@ def ablation_table(results_dir: Path, ablation: str) -> str:
     """Every variant of one ablation sweep against the default GAL runs, per task, with t-tests."""
     variants = ablation_variants(results_dir, ablation)
     lines = ["| Task | GAL variant | metric | mean±std | p vs default | seeds |", "|" + " --- |" * 6]
+    claims = []
     for default_row, metric in ABLATION_ROWS:
         default = collect(results_dir, default_row, "on", [metric])[metric[0]]
         if len(default) == 0:
@@ -398,6 +420,8 @@ def ablation_table(results_dir: Path, ablation: str) -> str:
                 continue
             p = Comparison(default, values).t_test[1]
             lines.append(f"| | {variant} | {metric[1]} | {fmt(values)} | {p:.2g} | {len(values)} |")
+            claims.append(Claim(f"{default_row.title}: default (A) vs {variant} (B)", metric, (default_row, "on"),
+                                (row, "on")))  # fmt: skip
     preamble = arch_parameters(variants) if ablation == "arch" else []
     return "\n".join(
         [
@@ -408,6 +432,8 @@ def ablation_table(results_dir: Path, ablation: str) -> str:
             "",
             *preamble,
             *lines,
+            "",
+            *confirmation(results_dir, claims),
         ]
     )
 
@@ -432,24 +458,56 @@ def best_lr(grid: dict[str, dict[str, np.ndarray]], key: str, lower_is_better: b
     return min(finite, key=lambda lr: sign * float(np.mean(finite[lr])))
 
 
-def adarem_section(results_dir: Path, row: Row, metric: Metric, lrs: list[str]) -> list[str]:
-    """One task: each optimizer at its best lr, AdaRem's t-tests against the others, then the whole grid."""
-    key, title, lower_is_better = metric
+def adarem_row(row: Row, lr: str, optimizer: str) -> Row:
+    """The runs of one optimizer at one lr of the AdaRem sweep on one task."""
+    return Row(row.title, f"adarem/{lr}", row.task, optimizer, "make adarem")
+
+
+def adarem_grid(results_dir: Path, row: Row, metric: Metric, lrs: list[str]) -> dict[str, dict[str, dict]]:
+    """optimizer -> lr -> {metric, Q: values over seeds 0-4}, the lrs with runs only."""
     grids = {}
     for optimizer, _ in COMPARED_OPTIMIZERS:
-        cells = {
-            lr: collect(
-                results_dir,
-                Row(row.title, f"adarem/{lr}", row.task, optimizer, "make adarem"),
-                "off",
-                [metric, Q_METRIC],
-            )  # fmt: skip
-            for lr in lrs
-        }
-        grids[optimizer] = {lr: cell for lr, cell in cells.items() if len(cell[key])}
+        cells = {lr: collect(results_dir, adarem_row(row, lr, optimizer), "off", [metric, Q_METRIC]) for lr in lrs}
+        grids[optimizer] = {lr: cell for lr, cell in cells.items() if len(cell[metric[0]])}
+    return grids
+
+
+def adarem_best(grids: dict[str, dict[str, dict[str, dict]]]) -> dict[str, dict[str, str | None]]:
+    """task -> optimizer -> its best lr on the 5-seed grid (None where every lr diverged or none ran)."""
+    metrics = {row.task: metric for row, metric in ABLATION_ROWS}
+    return {
+        task: {optimizer: best_lr(grid, metrics[task][0], metrics[task][2]) for optimizer, grid in by_optimizer.items()}
+        for task, by_optimizer in grids.items()
+    }
+
+
+def adarem_grids(results_dir: Path) -> tuple[list[str], dict[str, dict[str, dict[str, dict]]]]:
+    """The sweep's lr folders, and task -> optimizer -> lr -> values (seeds 0-4) for every task."""
+    lrs = adarem_lrs(results_dir)
+    return lrs, {row.task: adarem_grid(results_dir, row, metric, lrs) for row, metric in ABLATION_ROWS}
+
+
+def adarem_claims(best: dict[str, dict[str, str | None]]) -> list[Claim]:
+    """AdaRem against SGD-M and Adam, each at its best lr, on each task's metric and on Q."""
+    claims = []
+    for row, metric in ABLATION_ROWS:
+        ours = best[row.task]["adarem"]
+        for optimizer, name in COMPARED_OPTIMIZERS[::2]:
+            other = best[row.task][optimizer]
+            if ours is None or other is None:
+                continue
+            for compared in (metric, Q_METRIC):
+                label = f"{row.title}: {name} at {other} (A) vs AdaRem at {ours} (B)"
+                claims.append(Claim(label, compared, (adarem_row(row, other, optimizer), "off"),
+                                    (adarem_row(row, ours, "adarem"), "off")))  # fmt: skip
+    return claims
+
+
+def adarem_section(row: Row, metric: Metric, lrs: list[str], grids: dict, best: dict[str, str | None]) -> list[str]:
+    """One task: each optimizer at its best lr, AdaRem's t-tests against the others, then the whole grid."""
+    key, title, _ = metric
     if not any(grids.values()):
         return [f"## {row.title}", "", "missing: run `make adarem`", ""]
-    best = {optimizer: best_lr(grid, key, lower_is_better) for optimizer, grid in grids.items()}
     lines = [f"## {row.title}", "", f"| Optimizer | best lr | {title} | Q | seeds |", "| --- | --- | --- | --- | --- |"]
     for optimizer, name in COMPARED_OPTIMIZERS:
         lr = best[optimizer]
@@ -492,11 +550,30 @@ def toy_section(results_dir: Path) -> list[str]:
     return [toy_adarem.markdown(json.loads(path.read_text())), ""]
 
 
+def adarem_lrs(results_dir: Path) -> list[str]:
+    """The lr folders of the AdaRem sweep ("lr=0.01", ...), ascending."""
+    root = results_dir / "runs" / "adarem"
+    return sorted((p.name for p in root.glob("lr=*")), key=natural_key) if root.exists() else []
+
+
+def adarem_confirm_targets(results_dir: Path) -> list[str]:
+    """`make` targets adarem-best/<task>/<optimizer>/<lr>: each optimizer's best cell, to run with seeds 0-19."""
+    best = adarem_best(adarem_grids(results_dir)[1])
+    missing = [f"{task}/{optimizer}" for task, cells in best.items() for optimizer, lr in cells.items() if lr is None]
+    if missing:
+        raise SystemExit(
+            f"no best lr for {', '.join(missing)}: the 5-seed grid under {results_dir / 'runs' / 'adarem'} is "
+            "missing or every lr diverged (run `make adarem` first)"
+        )
+    return [f"adarem-best/{task}/{optimizer}/{lr.removeprefix('lr=')}" for task, cells in best.items()
+            for optimizer, lr in cells.items()]  # fmt: skip
+
+
 def adarem_table(results_dir: Path) -> str:
     """AdaRem vs SGD-M vs Adam without GAL: regression, digits (trainer runs) and the toy problem."""
-    root = results_dir / "runs" / "adarem"
-    lrs = sorted((p.name for p in root.glob("lr=*")), key=natural_key) if root.exists() else []
-    sections = [adarem_section(results_dir, row, metric, lrs) for row, metric in ABLATION_ROWS]
+    lrs, grids = adarem_grids(results_dir)
+    best = adarem_best(grids)
+    sections = [adarem_section(row, metric, lrs, grids[row.task], best[row.task]) for row, metric in ABLATION_ROWS]
     return "\n".join(
         [
             "# AdaRem vs SGD-M vs Adam",
@@ -510,6 +587,7 @@ def adarem_table(results_dir: Path) -> str:
             "",
             *[line for section in sections for line in section],
             *toy_section(results_dir),
+            *confirmation(results_dir, adarem_claims(best)),
         ]
     )
 
@@ -673,10 +751,20 @@ TABLES: dict[str, Callable[[Path], str]] = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tables", nargs="+", choices=sorted(TABLES), help="which tables to build")
+    parser.add_argument("tables", nargs="*", help=f"which tables to build: {', '.join(sorted(TABLES))}")
+    parser.add_argument(
+        "--adarem-confirm-targets", action="store_true",
+        help="print the make targets that run each optimizer's best AdaRem cell with seeds 0-19 (`make confirm`)",
+    )  # fmt: skip
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (runs/ inside)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/tables)")
     args = parser.parse_args(argv)
+    if args.adarem_confirm_targets:
+        print(" ".join(adarem_confirm_targets(args.results)))
+        return
+    unknown = [name for name in args.tables if name not in TABLES]
+    if unknown or not args.tables:
+        parser.error(f"unknown table {', '.join(unknown)}" if unknown else "name at least one table")
     out = args.out or args.results / "tables"
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/make_tables.py " + " ".join(args.tables)

@@ -128,15 +128,23 @@ def test_make_confirm_runs_the_claims_with_twenty_seeds_then_the_tables():
         "table5-alpha-runs/diabetes/0.5",
         "digits-runs/on",
         "eq7-runs/digits/taylor32",
+        "sweep/random/digits",  # 20 seeds: on the REGRESSION_SEEDS=0,...,19 line
     ):
-        assert target in commands
-    assert "scripts/make_tables.py table5 table5_alpha digits eq7" in commands.splitlines()[-1]
+        assert target in commands.split("OMP_NUM_THREADS", 1)[0]  # the first make command, before its recipes
+    five = commands.split("sweep adarem/digits did not finish")[0].rsplit("-j2", 1)[1]  # the grid: 5 seeds
+    assert "REGRESSION_SEEDS" not in five and "sweep/alpha/table5_california" in five
+    assert "cells=$(.venv/bin/python scripts/make_tables.py --adarem-confirm-targets) && make" in commands
+    assert commands.splitlines()[-1].endswith(
+        "scripts/make_tables.py table5 table5_alpha digits eq7 ablation_random ablation_alpha adarem"
+    )
+    cell = " ".join(dry_run("adarem-best/california/adarem/0.1").replace("\\\n", " ").split())
+    assert "ablation=adarem experiment=table5_california optimizer=adarem optimizer.lr=0.1 seed=0,1,2," in cell
 
 
 @pytest.mark.parametrize(
     "target",
     ["eq7-sweep/alpha/digits/taylor64", "eq7-runs/table5_boston/taylor32", "table5-alpha-runs/diabetes/0.5",
-     "sweep/beta/table5_california", "digits-runs/on"],
+     "sweep/beta/table5_california", "digits-runs/on", "adarem-best/digits/sgd/0.03"],
 )  # fmt: skip
 def test_each_cpu_run_target_gives_hydra_overrides_it_can_parse(target):
     """Hydra's own parser on the overrides a target passes (a bare "=" inside a value is a grammar error)."""

@@ -82,13 +82,16 @@ def test_ablation_table_tests_each_variant_against_the_default_gal_runs(tmp_path
     assert "| Boston housing | default: missing |" in text
 
 
-def _write_adarem_runs(results: Path, lr: str, optimizer: str, mses: list[float | None]) -> None:
-    """Runs of the AdaRem sweep on diabetes; None is a seed that diverged."""
+def _write_adarem_runs(
+    results: Path, lr: str, optimizer: str, mses: list[float | None], task: str = "diabetes"
+) -> None:
+    """Runs of the AdaRem sweep on one task (its metric: mse, or digits' error); None is a seed that diverged."""
+    key = "error" if task == "digits" else "mse"
     for seed, mse in enumerate(mses):
-        run_dir = results / "runs" / "adarem" / f"lr={lr}" / "diabetes" / optimizer / "off" / f"seed={seed}"
+        run_dir = results / "runs" / "adarem" / f"lr={lr}" / task / optimizer / "off" / f"seed={seed}"
         run_dir.mkdir(parents=True)
         summary = {"metrics": {}, "diverged": "loss is nan"} if mse is None else {
-            "metrics": {"mse": mse, "oscillation_q": 2 * mse}}  # fmt: skip
+            "metrics": {key: mse, "oscillation_q": 2 * mse}}  # fmt: skip
         write_json(summary, run_dir / "metrics.json")
 
 
@@ -107,6 +110,40 @@ def test_adarem_table_compares_each_optimizer_at_its_best_lr(tmp_path):
     assert "| 0.1 | nan±nan |" in text  # the diverged seed shows in the grid
     assert "| 0.01 | 5.1000±0.1000 | 10.2±0.2 | 3.1333±0.1528 | 6.267±0.31 | missing |" in text
     assert "## Boston housing\n\nmissing: run `make adarem`" in text
+
+
+def test_ablation_variants_and_adarems_best_cells_are_confirmed_with_twenty_seeds(tmp_path):
+    rng = np.random.default_rng(1)
+    default, noise = 3.0 + 0.1 * rng.standard_normal(20), 3.0 + 0.1 * rng.standard_normal(20)
+    noise[:5] += 0.5  # worse in seeds 0-4 only: over 20 seeds the same mean
+    noise[5:] -= 0.5 * 5 / 15
+    _write_runs(tmp_path, "table5", "diabetes", "on", list(default))
+    _write_runs(tmp_path, "ablation_random/normal-scale_by_grad=False", "diabetes", "on", list(noise))
+    _write_runs(tmp_path, "ablation_random/uniform-scale_by_grad=False", "diabetes", "on", list(default[:5]))
+    text = make_tables.TABLES["ablation_random"](tmp_path).split("## 20-seed confirmation")[1]
+    row = next(line for line in text.splitlines() if "normal-scale_by_grad=False (B)" in line)
+    p20 = stats.ttest_ind(default**2, noise**2).pvalue  # MSE = MAE ** 2 in _write_runs
+    assert row.startswith("| Diabetes: default (A) vs normal-scale_by_grad=False (B) | MSE ↓ |")
+    assert f"({p20:.2g}) | not confirmed (B worse at 5 seeds only) |" in row
+    assert "uniform" not in text  # 5 seeds only: nothing to confirm
+
+    # AdaRem: each optimizer's best lr is picked on seeds 0-4; the best cells then run seeds 0-19
+    _write_adarem_runs(tmp_path, "0.01", "sgd", [5.0, 5.2, 5.1, 5.0, 5.3] + [5.1] * 15)
+    _write_adarem_runs(tmp_path, "0.1", "sgd", [6.0, 6.2, 6.1, 6.0, 6.3])
+    _write_adarem_runs(tmp_path, "0.1", "adarem", [3.0, 3.3, 3.1, 3.2, 3.0] + [None] + [3.1] * 14)
+    with pytest.raises(SystemExit, match="no best lr for .*diabetes/adam.*run `make adarem` first"):
+        make_tables.adarem_confirm_targets(tmp_path)
+    _write_adarem_runs(tmp_path, "0.3", "adam", [6.0, 6.1, 6.3, 6.2, 6.1])
+    text = make_tables.TABLES["adarem"](tmp_path).split("## 20-seed confirmation")[1]
+    row = next(line for line in text.splitlines() if line.startswith("| Diabetes: SGD-M at lr=0.01 (A) vs AdaRem"))
+    assert "AdaRem at lr=0.1 (B) | MSE ↓ |" in row and row.endswith("| B diverged on 1 of 20 seeds (no t-test) |")
+    assert "Adam at lr=0.3" not in text  # Adam's best cell has 5 seeds only
+    for task in ("boston", "california", "digits"):
+        for optimizer, lr in (("sgd", "0.01"), ("adarem", "0.1"), ("adam", "0.3")):
+            _write_adarem_runs(tmp_path, lr, optimizer, [1.0, 1.1, 1.2], task=task)
+    targets = make_tables.adarem_confirm_targets(tmp_path)
+    assert "adarem-best/diabetes/sgd/0.01" in targets and "adarem-best/digits/adam/0.3" in targets
+    assert len(targets) == 12
 
 
 def test_arch_ablation_lists_parameter_counts_beside_the_papers(tmp_path):
