@@ -140,3 +140,9 @@ def test_a_run_made_before_an_option_existed_compares_as_the_code_before_it(tmp_
     launch["gal"]["ddp"] = "per_rank"
     with pytest.raises(ConfigError, match=r"gal.ddp: 'global' -> 'per_rank'"):
         check_same_config(tmp_path, saved, launch)
+    # the group's presence, not one probe key, says the run predates the option
+    check_same_config(tmp_path, {"gal": {"alpha": 0.1}}, {"gal": {"alpha": 0.1, "first_order": "authors"}})
+    with pytest.raises(ConfigError, match=r"gal.first_order: '<absent>' -> 'authors'"):  # no gal group at all
+        check_same_config(
+            tmp_path, {"trainer": {"epochs": 1}}, {"trainer": {"epochs": 1}, "gal": {"first_order": "authors"}}
+        )

@@ -240,10 +240,9 @@ class GradientAdjuster(nn.Module):
                 # terms add up to the global batch's) or each sample's own (B x its row of the mean's)
                 own_grad = grad * (ranks * losses.numel())
                 first_order = tentative_lr * (own_grad * adjusted_grad).reshape(*losses.shape, -1).sum(-1)
-            elif self.first_order == "mean":
-                first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).mean(-1), losses)
-            else:
-                first_order = self._per_sample(tentative_lr * (grad * adjusted_grad).sum(-1), losses)
+            else:  # the authors' codes: a sum over features (CIFAR, ImageNet), a mean in their 3D toy
+                reduce = torch.mean if self.first_order == "mean" else torch.sum
+                first_order = self._per_sample(tentative_lr * reduce(grad * adjusted_grad, -1), losses)
             remainder = tentative_losses - losses.detach() + first_order  # Eq. 7
         if self.per_sample or self.ddp == "per_rank":  # a process's own decisions; h's grads are averaged below
             objective = remainder.abs().mean()  # Eq. 6 (per sample: the mean of |r_i|)

@@ -88,8 +88,9 @@ def plan_run(run_dir: Path, config: dict[str, Any], if_exists: str, epochs: int)
 def check_same_config(run_dir: Path, saved: dict[str, Any], config: dict[str, Any]) -> None:
     """Refuse to reuse or continue a run under another config, naming the keys that differ."""
     before, now = _flatten(saved), _flatten(config)
+    groups_before = {name.rsplit(".", 1)[0] for name in before}  # "gal", "trainer", ... (and nested ones)
     for key, value in ADDED.items():
-        if key in now and f"{key.split('.')[0]}.enabled" in before:
+        if key in now and key.rsplit(".", 1)[0] in groups_before:  # a run that had the key's group, not the key
             before.setdefault(key, value)
     absent = "<absent>"
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key, absent) != now.get(key, absent))
