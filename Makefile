@@ -124,15 +124,17 @@ eq7: venv  ## Eq. 7's exact term vs the authors' (Table V sets, digits, alpha/be
 
 # Conclusions that survive another machine (issue 13, item 5): the runs behind the README's claims with seeds 0-19,
 # one thread per job, $(JOBS) at a time; the tables put the 20-seed means and t-tests beside the 5-seed ones.
-# Digits' random and alpha ablations run 20 seeds (their other tasks 5, the tables' rows); AdaRem's grid runs
-# 5 seeds, which pick each optimizer's best lr per task, and those 12 cells then run 20.
+# The alpha ablation (under the three GAL arms) and digits' random one run 20 seeds (random's other tasks 5,
+# the table's rows); AdaRem's grid runs 5 seeds, which pick each optimizer's best lr per task, and those 12
+# cells then run 20.
 CONFIRM_SEEDS := $(shell seq -s, 0 19)
 CONFIRM_ABLATIONS := random alpha
 confirm: venv  ## every claim of a difference re-run with 20 seeds (Table V, alpha, digits, Eq. 7, ablations, AdaRem)
 	$(MAKE) --no-print-directory -j$(JOBS) REGRESSION_SEEDS=$(CONFIRM_SEEDS) $(EQ7_RUNS) \
 	  $(foreach d,$(TABLE5_DATASETS),$(foreach a,0.01 0.1 0.5,table5-alpha-runs/$(d)/$(a))) \
-	  $(call sweep_targets,$(CONFIRM_ABLATIONS),digits)
-	$(MAKE) --no-print-directory -j$(JOBS) $(call sweep_targets,$(CONFIRM_ABLATIONS),$(filter-out digits,$(ABLATION_EXPS))) \
+	  sweep/random/digits $(call sweep_targets,alpha,$(ABLATION_EXPS)) \
+	  $(foreach e,$(ABLATION_EXPS),$(foreach v,taylor64 taylor32,eq7-sweep/alpha/$(e)/$(v)))
+	$(MAKE) --no-print-directory -j$(JOBS) $(call sweep_targets,random,$(filter-out digits,$(ABLATION_EXPS))) \
 	  $(call sweep_targets,adarem,$(ABLATION_EXPS))
 	cells=$$($(PY) scripts/make_tables.py --adarem-confirm-targets) && $(CELLS_MAKE) -j$(JOBS) $$cells
 	$(PY) scripts/make_tables.py table5 table5_alpha digits eq7 $(addprefix ablation_,$(CONFIRM_ABLATIONS)) adarem

@@ -671,19 +671,32 @@ def eq7_table(results_dir: Path) -> str:
             *[line for section in sections for line in section],
             *eq7_toy(results_dir),
             *confirmation(results_dir, [
-                Claim(f"{row.title}: {a} (A) vs {b} (B)", metric, sources[a], sources[b])
-                for row, metric in ABLATION_ROWS for sources in [eq7_sources(row)] for _, b, a in EQ7_TESTS
+                Claim(f"{row.title}{setting}: {a} (A) vs {b} (B)", metric, sources[a], sources[b])
+                for row, metric in ABLATION_ROWS
+                for setting, sources in eq7_settings(results_dir, row)
+                for _, b, a in EQ7_TESTS
             ]),
         ]
     )  # fmt: skip
 
 
+def eq7_variants(results_dir: Path, ablation: str) -> list[str]:
+    """The values of one ablation swept under any GAL arm ("alpha=0.1", ...), ascending."""
+    roots = [results_dir / "runs" / f"{prefix or 'ablation'}_{ablation}" for _, prefix, _ in EQ7_ARMS[1:]]
+    return sorted({p.name for root in roots if root.exists() for p in root.iterdir() if p.is_dir()}, key=natural_key)
+
+
+def eq7_settings(results_dir: Path, row: Row) -> list[tuple[str, dict[str, tuple[Row, str]]]]:
+    """(label, the arms' runs) at the paper's settings, then at each ablation value: what eq7.md compares."""
+    settings = [("", eq7_sources(row))]
+    for ablation in EQ7_ABLATIONS:
+        settings += [(f", {v}", eq7_sources(row, ablation, v)) for v in eq7_variants(results_dir, ablation)]
+    return settings
+
+
 def eq7_ablation(results_dir: Path, ablation: str) -> list[str]:
     """The four arms at each value of one ablation (the baseline is the same runs throughout), a verdict per task."""
-    roots = [results_dir / "runs" / f"{prefix or 'ablation'}_{ablation}" for _, prefix, _ in EQ7_ARMS[1:]]
-    variants = sorted(
-        {p.name for root in roots if root.exists() for p in root.iterdir() if p.is_dir()}, key=natural_key
-    )
+    variants = eq7_variants(results_dir, ablation)
     if not variants:
         return [f"## {ablation} ablation under each arm", "", "missing: run `make eq7`", ""]
     lines, verdicts = list(EQ7_HEADER), []

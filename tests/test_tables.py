@@ -182,6 +182,13 @@ def test_eq7_table_tests_every_arm_against_the_baseline_and_eq7_against_the_auth
     assert row.endswith("| 3/3/3/3 |") and f"| {p_c:.2g} |" in row
     assert f"- Diabetes: beta=5.0: taylor64 worse than baseline (p = {p_c:.2g})" in text
     assert "- Boston housing: missing (run `make eq7`)" in text
+    # an ablation value's comparisons are confirmed as the paper setting's are, where it has seeds 0-19
+    rng = np.random.default_rng(2)
+    for experiment, gal in (("table5", "off"), ("eq7_taylor64_beta/beta=10.0", "on")):
+        _write_runs(tmp_path / "twenty", experiment, "diabetes", gal, list(3.0 + 0.1 * rng.standard_normal(20)))
+    text = make_tables.TABLES["eq7"](tmp_path / "twenty").split("## 20-seed confirmation")[1]
+    assert "| Diabetes, beta=10.0: baseline (A) vs taylor64 (B) | MSE ↓ |" in text
+    assert "authors (B)" not in text  # no runs of (b): nothing to confirm
 
 
 def test_tables_take_the_papers_five_seeds_and_confirm_each_comparison_with_twenty(tmp_path):
