@@ -623,7 +623,8 @@ def eq7_line(results_dir: Path, label: str, metric: Metric, sources: dict[str, t
     if missing:
         return f"{label} | {metric[1]} | missing: {', '.join(missing)} (run `make eq7`) |" + " |" * 8, "missing"
     p = {column: Comparison(arms[a], arms[b]).t_test[1] for column, b, a in EQ7_TESTS}
-    said = []
+    said = [f"{arm} diverged on {int(np.isnan(v).sum())} of {len(v)} seeds (no t-test)" for arm, v in arms.items()
+            if np.isnan(v).any()]  # fmt: skip
     for column, b, a in EQ7_TESTS:
         if p[column] < 0.05:
             better = (np.mean(arms[b]) < np.mean(arms[a])) == metric[2]

@@ -182,6 +182,11 @@ def test_eq7_table_tests_every_arm_against_the_baseline_and_eq7_against_the_auth
     assert row.endswith("| 3/3/3/3 |") and f"| {p_c:.2g} |" in row
     assert f"- Diabetes: beta=5.0: taylor64 worse than baseline (p = {p_c:.2g})" in text
     assert "- Boston housing: missing (run `make eq7`)" in text
+    diverged = tmp_path / "runs" / "eq7_taylor32_beta" / "beta=5.0" / "diabetes" / "adam" / "on" / "seed=3"
+    diverged.mkdir()
+    write_json({"metrics": {}, "diverged": "loss is nan"}, diverged / "metrics.json")
+    text = make_tables.TABLES["eq7"](tmp_path)
+    assert "- Diabetes: beta=5.0: taylor32 diverged on 1 of 4 seeds (no t-test); taylor64 worse" in text
     # an ablation value's comparisons are confirmed as the paper setting's are, where it has seeds 0-19
     rng = np.random.default_rng(2)
     for experiment, gal in (("table5", "off"), ("eq7_taylor64_beta/beta=10.0", "on")):
