@@ -233,6 +233,12 @@ def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
     ]
 
 
+def diverged(arms: dict[str, np.ndarray]) -> list[str]:
+    """ "<arm> diverged on k of n seeds" for each arm with a NaN (a run marked diverged): no t-test for it."""
+    return [f"{arm} diverged on {int(np.isnan(v).sum())} of {len(v)} seeds" for arm, v in arms.items()
+            if np.isnan(v).any()]  # fmt: skip
+
+
 def holds(five: tuple | None, twenty: tuple, lower_is_better: bool) -> str:
     """Whether the 5-seed verdict (a difference at p < 0.05, or none) holds with 20 seeds."""
 
@@ -241,10 +247,8 @@ def holds(five: tuple | None, twenty: tuple, lower_is_better: bool) -> str:
             return None
         return "B better" if (np.mean(cell[1]) < np.mean(cell[0])) == lower_is_better else "B worse"
 
-    diverged = [f"{arm} diverged on {int(np.isnan(v).sum())} of {len(v)} seeds" for arm, v in zip("AB", twenty[:2])
-                if np.isnan(v).any()]  # fmt: skip
-    if diverged:
-        return "; ".join(diverged) + " (no t-test)"
+    if said_diverged := diverged(dict(zip("AB", twenty[:2]))):
+        return "; ".join(said_diverged) + " (no t-test)"
     at_5, at_20 = said(five), said(twenty)
     if at_5 and at_5 == at_20:
         return f"confirmed: {at_20}"
@@ -623,8 +627,7 @@ def eq7_line(results_dir: Path, label: str, metric: Metric, sources: dict[str, t
     if missing:
         return f"{label} | {metric[1]} | missing: {', '.join(missing)} (run `make eq7`) |" + " |" * 8, "missing"
     p = {column: Comparison(arms[a], arms[b]).t_test[1] for column, b, a in EQ7_TESTS}
-    said = [f"{arm} diverged on {int(np.isnan(v).sum())} of {len(v)} seeds (no t-test)" for arm, v in arms.items()
-            if np.isnan(v).any()]  # fmt: skip
+    said = [f"{arm_diverged} (no t-test)" for arm_diverged in diverged(arms)]
     for column, b, a in EQ7_TESTS:
         if p[column] < 0.05:
             better = (np.mean(arms[b]) < np.mean(arms[a])) == metric[2]
