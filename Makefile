@@ -37,7 +37,8 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
-	digits eq7 confirm bench bench-throughput gpu-check fig4 figures ablations reproduce-ablations adarem notebook clean-venv
+	digits eq7 confirm bench bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
+	clean-venv
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
@@ -223,9 +224,14 @@ bench: venv  ## GAL's step overhead (results/bench/gal_overhead.json)
 bench-throughput: venv  ## trainer vs minimal loop, GAL on vs off, images/s (results/bench/throughput.json)
 	$(PY) scripts/bench_throughput.py
 
-# One real CUDA GPU: every paper model through the CUDA path, GAL off and on (results/bench/gpu_check.json)
-gpu-check: venv  ## on one CUDA GPU: every paper model, GAL off/on, fp32/bf16/fp16, compile; no host syncs
-	$(PY) scripts/gpu_check.py
+# One CUDA GPU, ~9 min in phases that always finish: every paper model GAL off/on, the trainer end to end (kill +
+# resume), fp32/fp16/compile (results/bench/gpu_check.json and .log). ARGS="--cpu --out-dir /tmp/x" rehearses it.
+gpu-check: venv  ## on one CUDA GPU: paper models GAL off/on, trainer kill+resume, precisions, compile, host syncs
+	$(PY) scripts/gpu_check.py $(ARGS)
+
+# What a lent GPU machine needs to run gpu_check.py offline: wheels of .venv's versions + run.sh (device_bundle/)
+device-bundle: venv  ## device_bundle/: wheels + run.sh for `bash device_bundle/run.sh` on a GPU machine
+	$(PY) scripts/device_bundle.py
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

@@ -16,27 +16,28 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import timm
 import torch
 from omegaconf import OmegaConf
-from torch import Tensor, nn
-from torch.nn import functional as F
-from tqdm import tqdm
+from torch import nn
 
 from gal.adjuster import GradientAdjuster
-from gal.benchmarking import machine_record, pick_device
+from gal.benchmarking import (
+    BenchTask,
+    machine_record,
+    minimal_arm,
+    pick_device,
+    quartiles,
+    random_batches,
+    time_rounds,
+    trainer_arm,
+)
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import write_json
-from gal.runlog import RunLog
-from gal.tasks.classification import ClassificationTask
-from gal.train import Trainee, train_one_epoch
+from gal.train import Trainee, configure_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,16 +46,6 @@ NUM_CLASSES, IMAGE_SIZE = 100, 224
 SGD = {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-5}
 TARGETS = {"trainer_overhead": 0.97, "gal_overhead": 0.98}  # minimum images/s ratios
 LOG_EVERY = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml").log_every
-Batches = list[tuple[Tensor, Tensor]]
-
-
-class BenchTask:
-    """The classification task's injection point (z = logits, per-sample cross-entropy), without its data."""
-
-    features_and_loss = ClassificationTask.features_and_loss
-
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = label_smoothing  # the row's task.label_smoothing (ImageNet: 0.1)
 
 
 def build_trainee(model: nn.Module, adjuster: GradientAdjuster | None, channels_last: bool) -> Trainee:
@@ -64,79 +55,6 @@ def build_trainee(model: nn.Module, adjuster: GradientAdjuster | None, channels_
     return Trainee(model, optimizer, adjuster, precision=Precision(device, "auto"), channels_last=channels_last)
 
 
-def trainer_arm(trainee: Trainee, task: Any = None, log_every: int = LOG_EVERY) -> Callable[[Batches], None]:
-    """One epoch of the shared trainer per call on ``task`` (default: classification's injection point),
-    logging disabled (no files, no progress bar)."""
-    task = BenchTask() if task is None else task
-    runlog, progress = RunLog(Path(os.devnull), enabled=False), tqdm(disable=True)
-    state = {"epoch": 0, "step": 0}
-
-    def run(batches: Batches) -> None:
-        state["step"] = train_one_epoch(
-            trainee, task, batches, runlog, state["epoch"], state["step"], log_every, progress
-        )
-        state["epoch"] += 1
-
-    return run
-
-
-def minimal_arm(
-    model: nn.Module, precision: Precision, optimizer: torch.optim.Optimizer | None = None
-) -> Callable[[Batches], None]:
-    """The hand-written loop with the trainer's autocast dtype and loss scaling (fp16 only); ``optimizer``
-    defaults to this benchmark's SGD."""
-    optimizer = torch.optim.SGD(model.parameters(), **SGD) if optimizer is None else optimizer
-    scaler = torch.amp.GradScaler(precision.device.type, enabled=precision.mode == "fp16")
-    device_type, dtype = precision.device.type, precision.dtype
-
-    def run(batches: Batches) -> None:
-        model.train()
-        for images, labels in batches:
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(images).float(), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-
-    return run
-
-
-def epoch_seconds(run: Callable[[Batches], None], batches: Batches, device: torch.device) -> float:
-    """Wall time of one epoch; on CUDA, synchronized so queued kernels are counted."""
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    run(batches)
-    sync()
-    return time.perf_counter() - start
-
-
-def quartiles(values: list[float]) -> dict[str, float]:
-    """Median and quartiles of images/s: robust to the odd round hit by another process."""
-    p25, p50, p75 = statistics.quantiles(values, n=4, method="inclusive")
-    return {"median": p50, "p25": p25, "p75": p75}
-
-
-def random_batches(
-    n: int,
-    batch: int,
-    device: torch.device,
-    channels_last: bool,
-    image_size: int = IMAGE_SIZE,
-    num_classes: int = NUM_CLASSES,
-) -> Batches:
-    """``n`` batches of random images and labels, already on the device in the trainer's memory format."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return [
-        (
-            torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=layout),
-            torch.randint(0, num_classes, (batch,), device=device),
-        )
-        for _ in range(n)
-    ]
-
-
 def bench(name: str, device: torch.device, batch: int, steps: int, rounds: int, warmup: int) -> dict:
     """images/s of the three arms on model ``name``, one timed epoch of ``steps`` per arm and round."""
     torch.manual_seed(0)
@@ -144,20 +62,18 @@ def bench(name: str, device: torch.device, batch: int, steps: int, rounds: int, 
     model = timm.create_model(name, pretrained=False, num_classes=NUM_CLASSES).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batches = random_batches(steps, batch, device, channels_last)
+    batches = random_batches(steps, batch, device, channels_last, IMAGE_SIZE, NUM_CLASSES)
     adjuster = GradientAdjuster(NUM_CLASSES, arch=(256, 64, 32), alpha=0.01, beta=1.0).to(device)
+    task = BenchTask(num_classes=NUM_CLASSES)
+    minimal = copy.deepcopy(model)
     arms = {  # each arm its own copy of the same initial weights
-        "trainer_gal_off": trainer_arm(build_trainee(model, None, channels_last)),
-        "trainer_gal_on": trainer_arm(build_trainee(copy.deepcopy(model), adjuster, channels_last)),
-        "minimal_loop": minimal_arm(copy.deepcopy(model), Precision(device, "auto")),
+        "trainer_gal_off": trainer_arm(build_trainee(model, None, channels_last), task, LOG_EVERY),
+        "trainer_gal_on": trainer_arm(build_trainee(copy.deepcopy(model), adjuster, channels_last), task, LOG_EVERY),
+        "minimal_loop": minimal_arm(minimal, Precision(device, "auto"), torch.optim.SGD(minimal.parameters(), **SGD)),
     }
     for run in arms.values():
         run(batches[:warmup])
-    seconds: dict[str, list[float]] = {arm: [] for arm in arms}
-    order = list(arms)
-    for r in range(rounds):
-        for arm in order[r % 3 :] + order[: r % 3]:  # rotate so no arm always follows the same one
-            seconds[arm].append(epoch_seconds(arms[arm], batches, device))
+    seconds, _ = time_rounds(arms, batches, rounds, device)  # interleaved, the order rotating
     throughput = {arm: quartiles([batch * steps / s for s in times]) for arm, times in seconds.items()}
     median = {arm: q["median"] for arm, q in throughput.items()}
     ratios = {
@@ -193,8 +109,7 @@ def main() -> None:
     on_cuda = device.type == "cuda"
     batch = args.batch or (64 if on_cuda else 8)
     steps = args.steps or (20 if on_cuda else 3)
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True  # as gal.train._build_trainee does
+    configure_backends(device, input_sizes_vary=False, tf32=False, deterministic=False)  # the trainer's defaults
 
     load_start = os.getloadavg()  # other processes on the machine slow every arm and widen the quartiles
     cases = [bench(name, device, batch, steps, args.rounds, args.warmup) for name in MODELS]

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import huggingface_hub
@@ -10,6 +11,7 @@ import pytest
 import timm
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from gal.errors import ConfigError
 from gal.precision import memory_format_of
@@ -128,6 +130,40 @@ def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss()
     assert task.evaluate(model, task.loaders(0, 0, 1)[1])["loss"] == pytest.approx(
         torch.nn.functional.cross_entropy(model(task.eval_set.tensors[0]), task.eval_set.tensors[1]).item(), rel=1e-5
     )
+
+
+def test_evaluate_equals_the_metrics_computed_by_hand_over_the_whole_split():
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    images, labels = task.eval_set.tensors
+    with torch.no_grad():
+        logits = model(images)
+    top1 = (logits.argmax(1) == labels).sum().item()
+    top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum().item()
+    metrics = task.evaluate(model, DataLoader(task.eval_set, batch_size=50))  # 360 samples: a last batch of 10
+    assert metrics["acc1"] == 100 * top1 / len(labels) and metrics["acc5"] == 100 * top5 / len(labels)
+    assert metrics["error"] == 100 * (1 - top1 / len(labels))
+    expected_loss = nn.functional.cross_entropy(logits.double(), labels).item()
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA device")
+def test_evaluate_syncs_once_whatever_the_number_of_batches_on_cuda():
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).cuda()
+    task.evaluate(model, DataLoader(task.eval_set, batch_size=180))  # warm-up: lazy CUDA set-up may sync
+    counts = []
+    for batch_size in (180, 72):  # 2 batches, then 5
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                task.evaluate(model, DataLoader(task.eval_set, batch_size=batch_size))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(warning.message) for warning in caught))
+    assert counts == [1, 1]  # the final read of the sums, not one per batch
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])

@@ -14,6 +14,7 @@ from gal.train import build_task, train
 
 from .conftest import compose_config
 from .synthetic_images import TINY_DETR, synthetic_coco
+from .test_detr_losses import match_each_layer_on_its_own
 
 
 @pytest.mark.parametrize("gal", ["off", "on"])
@@ -54,6 +55,31 @@ def test_gal_loss_is_the_box_terms_at_fixed_matching(tmp_path):
     rematched = task.criterion.match({"pred_logits": outputs["pred_logits"], "pred_boxes": moved}, batch[2])
     refit = task.criterion.total_loss(task.criterion.box_losses(moved, batch[2], rematched, num_boxes))
     assert not torch.allclose(fixed, refit), "the test needs a move that changes the matching"
+
+
+def test_one_step_matches_every_layer_as_matching_each_on_its_own(tmp_path):
+    """features_and_loss matches all decoder layers in one host round trip: the losses of the per-layer path."""
+    root = synthetic_coco(tmp_path / "coco", 2)
+    overrides = ["experiment=table4_coco_detr_r50", f"task.root={root}", *TINY_DETR, "task.model.dec_layers=3"]
+    task = build_task(compose_config([*overrides, "task.global_batch_size=2"]).task)
+    torch.manual_seed(0)
+    model = task.build_model()
+    images, mask, targets = next(iter(task.loaders(0, 0, 1)[0]))
+    z, loss_fn, other_loss = task.features_and_loss(model, (images, mask, targets))
+    outputs = model(images, mask)  # dropout is 0: the same outputs as in features_and_loss
+    criterion, layers = task.criterion, [outputs, *outputs["aux_outputs"]]
+    assert len(layers) == 3
+    final, *aux = match_each_layer_on_its_own(
+        criterion.matcher, [(layer["pred_logits"], layer["pred_boxes"]) for layer in layers], targets
+    )
+    num_boxes = criterion.num_boxes(targets, z.device)
+    losses = {"loss_ce": criterion.class_loss(outputs["pred_logits"], targets, final)}
+    for layer, (aux_layer, indices) in enumerate(zip(outputs["aux_outputs"], aux)):
+        aux_losses = criterion.layer_losses(aux_layer, targets, indices, num_boxes)
+        losses.update({f"{name}_{layer}": value for name, value in aux_losses.items()})
+    torch.testing.assert_close(other_loss, criterion.total_loss(losses), rtol=0, atol=0)
+    box_loss = criterion.total_loss(criterion.box_losses(outputs["pred_boxes"], targets, final, num_boxes))
+    torch.testing.assert_close(loss_fn(z), box_loss, rtol=0, atol=0)
 
 
 @pytest.mark.slow

@@ -2,10 +2,12 @@
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
 
 from gal.models.detr.criterion import SetCriterion
 from gal.models.detr.matcher import HungarianMatcher
@@ -48,6 +50,31 @@ def random_batch(generator, sizes=(3, 0, 2), queries=5):
         labels = torch.randint(NUM_CLASSES, (n,), generator=generator)
         targets.append({"labels": labels, "boxes": torch.cat([centres, sizes_wh], dim=1)})
     return outputs, targets
+
+
+def match_each_layer_on_its_own(matcher, layers, targets):
+    """The per-layer reference: each layer's cost to the host, scipy per image (DETR's HungarianMatcher.forward)."""
+    sizes = [len(t["boxes"]) for t in targets]
+    matched = []
+    for pred_logits, pred_boxes in layers:
+        cost = matcher.cost(pred_logits, pred_boxes, targets).cpu()
+        blocks = cost.split(sizes, dim=-1)
+        pairs = [linear_sum_assignment(block[image].numpy()) for image, block in enumerate(blocks)]
+        matched.append([(torch.as_tensor(query), torch.as_tensor(target)) for query, target in pairs])
+    return matched
+
+
+def with_aux_layers(generator, outputs, n_aux):
+    """``outputs`` plus ``n_aux`` intermediate layers of fresh random logits and boxes."""
+    shape = outputs["pred_boxes"].shape
+    outputs["aux_outputs"] = [
+        {
+            "pred_logits": torch.randn(*shape[:2], NUM_CLASSES + 1, generator=generator),
+            "pred_boxes": 0.25 + 0.5 * torch.rand(shape, generator=generator),
+        }
+        for _ in range(n_aux)
+    ]
+    return outputs
 
 
 @pytest.fixture
@@ -223,3 +250,87 @@ def test_invalid_settings_raise():
     outputs, targets = random_batch(torch.Generator().manual_seed(6))
     with pytest.raises(ValueError, match="target dicts"):
         criterion.match(outputs, targets[:2])
+
+
+def as_lists(matchings):
+    """Per layer, per image (query_idx, target_idx) as lists of ints."""
+    return [[(query.tolist(), target.tolist()) for query, target in layer] for layer in matchings]
+
+
+@pytest.mark.parametrize("sizes", [(3, 0, 2, 5), (0, 0), (1,), (8, 0)])  # 8 targets > 6 queries: 6 matched
+def test_matching_all_layers_at_once_equals_matching_each_layer_on_its_own(sizes):
+    generator = torch.Generator().manual_seed(len(sizes))
+    outputs, targets = random_batch(generator, sizes=sizes, queries=6)
+    outputs = with_aux_layers(generator, outputs, n_aux=4)
+    layers = [(layer["pred_logits"], layer["pred_boxes"]) for layer in [outputs, *outputs["aux_outputs"]]]
+    matcher = HungarianMatcher()
+    batched = matcher.match_layers(layers, targets)
+    expected = match_each_layer_on_its_own(matcher, layers, targets)
+    assert as_lists(batched) == as_lists(expected) and len(batched) == 5
+    assert all(index.dtype == torch.int64 for layer in batched for pair in layer for index in pair)
+    final, aux = make_criterion().match_all(outputs, targets)
+    assert as_lists([final, *aux]) == as_lists(expected)
+    assert make_criterion(aux_loss=False).match_all(outputs, targets)[1] == []
+
+
+def test_losses_with_all_layers_matched_at_once_equal_the_per_layer_path():
+    generator = torch.Generator().manual_seed(7)
+    outputs, targets = random_batch(generator, sizes=(3, 0, 2), queries=5)
+    outputs = with_aux_layers(generator, outputs, n_aux=3)
+    criterion = make_criterion()
+    layers = [outputs, *outputs["aux_outputs"]]
+    final, *aux = match_each_layer_on_its_own(
+        criterion.matcher, [(x["pred_logits"], x["pred_boxes"]) for x in layers], targets
+    )
+    num_boxes = criterion.num_boxes(targets, torch.device("cpu"))
+    expected = criterion.layer_losses(outputs, targets, final, num_boxes)
+    for layer, (aux_layer, indices) in enumerate(zip(outputs["aux_outputs"], aux)):
+        expected.update(
+            {f"{k}_{layer}": v for k, v in criterion.layer_losses(aux_layer, targets, indices, num_boxes).items()}
+        )
+    indices, aux_indices = criterion.match_all(outputs, targets)
+    for losses in (
+        criterion(outputs, targets),
+        criterion(outputs, targets, indices, aux_indices),
+        criterion(outputs, targets, indices),
+        criterion(outputs, targets, aux_indices=aux_indices),
+    ):
+        assert losses.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(losses[name], expected[name]), name
+    with pytest.raises(ValueError, match="aux matchings"):
+        criterion(outputs, targets, indices, aux_indices[:1])
+
+
+def count_host_syncs(fn, *args):
+    """Warnings of torch.cuda.set_sync_debug_mode("warn") while ``fn(*args)`` runs."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn(*args)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
+
+
+def to_cuda(tree):
+    """Every tensor of nested dicts and lists on the GPU, detached."""
+    if isinstance(tree, dict):
+        return {key: to_cuda(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [to_cuda(value) for value in tree]
+    return tree.detach().cuda()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA device")
+def test_matching_every_decoder_layer_makes_one_device_to_host_copy_on_cuda():
+    criterion = make_criterion().cuda()
+    counts = []
+    for n_aux in (1, 5):
+        generator = torch.Generator().manual_seed(n_aux)
+        outputs, targets = random_batch(generator, sizes=(3, 0, 2))
+        outputs, targets = to_cuda(with_aux_layers(generator, outputs, n_aux)), to_cuda(targets)
+        criterion.match_all(outputs, targets)  # warm-up: lazy CUDA and pinned-memory set-up may sync
+        counts.append(count_host_syncs(criterion.match_all, outputs, targets))
+    assert counts == [1, 1]  # the costs' copy to the host; the indices come back non-blocking

@@ -1,19 +1,26 @@
 """The shared trainer end to end on the real diabetes data (ships with scikit-learn)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
+from gal.adjuster import GradientAdjuster
+from gal.benchmarking import BenchTask, random_batches, trainer_arm
 from gal.checkpoint import load_checkpoint
+from gal.device_check import step_host_syncs
 from gal.errors import ConfigError
+from gal.optim import build_optimizer
+from gal.precision import Precision
 from gal.results import keep_best
 from gal.runlog import NonFiniteLossError
 from gal.tasks.regression import RegressionTask
-from gal.train import run, train
+from gal.train import Trainee, configure_backends, run, train
 
 FAST = ["task=diabetes", "trainer.epochs=2", "trainer.progress=false", "trainer.log_every=5"]
 
@@ -260,3 +267,30 @@ def test_the_console_script_finds_the_configs_from_anywhere(tmp_path):
     result = subprocess.run([str(gal_train), "--cfg", "job", "experiment=digits"], cwd=tmp_path, capture_output=True)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert "name: digits" in result.stdout.decode()
+
+
+def test_backend_choices_are_set_for_each_run_and_undone_by_the_next():
+    cpu = torch.device("cpu")
+    try:
+        configure_backends(cpu, input_sizes_vary=False, tf32=False, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS reads it when its first handle is made
+        configure_backends(cpu, input_sizes_vary=False, tf32=False, deterministic=False)  # the next run of a sweep
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA device")
+def test_the_trainer_step_syncs_only_to_read_its_logs_on_cuda():
+    """train_one_epoch with GAL on, bf16: the only host syncs are the step logs' read at the epoch's end."""
+    device = torch.device("cuda")
+    model = timm.create_model("test_efficientnet", num_classes=10).to(device)
+    adjuster = GradientAdjuster(10, arch=(16,)).to(device)
+    optimizer = build_optimizer(model, adjuster, name="sgd", lr=0.01, momentum=0.9)
+    trainee = Trainee(model, optimizer, adjuster, precision=Precision(device, "bf16"))
+    arm = trainer_arm(trainee, BenchTask(num_classes=10), log_every=100)
+    batches = random_batches(3, 4, device, False, 32, 10)
+    arm(batches)  # warm-up: lazy CUDA initialisation may sync once
+    record = step_host_syncs(arm, batches, device)
+    assert record["unexpected"] == [] and {site.rsplit(":", 1)[0] for site in record["sites"]} == {"gal/runlog.py"}

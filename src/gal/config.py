@@ -195,6 +195,8 @@ class TrainerConfig:
     clip_grad_norm: float | None = MISSING
     oscillation: bool = MISSING
     on_nonfinite: str = MISSING
+    tf32: bool = MISSING
+    deterministic: bool = MISSING
 
 
 @dataclass

@@ -33,7 +33,13 @@ RESTARTABLE = (
 )  # fmt: skip
 # Keys added after runs were made, each with the value that reproduces the code before it: a run saved without
 # one compares as if it had that value, so adding an option does not orphan the runs made before it.
-ADDED = {"gal.first_order": "authors", "gal.precision": "float32", "gal.ddp": "global"}
+ADDED = {
+    "gal.first_order": "authors",
+    "gal.precision": "float32",
+    "gal.ddp": "global",
+    "trainer.tf32": False,  # every run made before these two keys ran on a CPU, where neither changes a number
+    "trainer.deterministic": False,
+}
 SHOWN = 5  # differing keys quoted in an error
 
 

@@ -92,6 +92,27 @@ def evaluate(task: Task, model: nn.Module, loader: DataLoader, precision: Precis
         return task.evaluate(model, loader)
 
 
+def configure_backends(device: torch.device, input_sizes_vary: bool, tf32: bool, deterministic: bool) -> None:
+    """The process-wide kernel choices of a run on ``device`` (set each run: a --multirun shares the process).
+
+    cudnn.benchmark tunes each input size once, worth it only when sizes repeat (not DETR's multi-scale batches;
+    facebookresearch/detr leaves it off). ``tf32`` sets both TF32 switches, matmul (PyTorch's default off) and
+    cuDNN (PyTorch's default on), so that fp32 means fp32 unless asked. ``deterministic`` picks deterministic cuDNN
+    and cuBLAS kernels (cuBLAS needs CUBLAS_WORKSPACE_CONFIG, docs.pytorch.org/docs/stable/notes/randomness.html)
+    and warns on ops that have none (warn_only: adaptive pooling's backward, whose atomics see one value each
+    at a 1x1 output, would otherwise stop every image model).
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = not (input_sizes_vary or deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 @dataclass
 class Trainee:
     """What one optimisation step touches: the model and everything that updates with it."""
@@ -318,8 +339,7 @@ def _build_trainee(
     optimizer = build_optimizer(model_groups, adjuster, gal_lr=cfg.gal.lr, **OmegaConf.to_container(cfg.optimizer))
     scheduler = build_scheduler(optimizer, epochs, steps_per_epoch, **OmegaConf.to_container(cfg.scheduler))
     ema = ModelEmaV3(model, decay=trainer.ema_decay) if trainer.ema_decay else None
-    if device.type == "cuda":  # tuned once per input size: worth it only when sizes repeat
-        torch.backends.cudnn.benchmark = not getattr(task, "input_sizes_vary", False)
+    configure_backends(device, getattr(task, "input_sizes_vary", False), trainer.tf32, trainer.deterministic)
     trained = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     if trainer.compile:
         trained = torch.compile(trained)

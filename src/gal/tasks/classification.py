@@ -156,7 +156,10 @@ class ClassificationTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
-        """Top-1/top-5 accuracy and top-1 error in %, and the mean cross-entropy."""
+        """Top-1/top-5 accuracy and top-1 error in %, and the mean cross-entropy.
+
+        The sums stay on the device over the batches: the one host sync is the final read.
+        """
         model.eval()
         device = next(model.parameters()).device
         totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss, top-1, top-5, count
@@ -171,7 +174,7 @@ class ClassificationTask:
                     F.cross_entropy(logits, labels, reduction="sum"),
                     top5[:, 0].sum(),
                     top5.any(dim=1).sum(),
-                    torch.tensor(len(labels), device=device),
+                    torch.full((), len(labels), device=device),  # a fill kernel; torch.tensor would copy and sync
                 ]
             ).double()
         if dist.is_initialized():

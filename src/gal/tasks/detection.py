@@ -97,8 +97,8 @@ class DetectionTask:
         images, mask, targets = batch
         criterion = self.criterion.to(images.device)
         outputs = model(images, mask)
-        indices = criterion.match(outputs, targets)
-        losses = criterion(outputs, targets, indices)
+        indices, aux_indices = criterion.match_all(outputs, targets)  # every layer: one device-to-host copy
+        losses = criterion(outputs, targets, indices, aux_indices)
         num_boxes = criterion.num_boxes(targets, images.device)
         box_terms = {k for k in losses if k in ("loss_bbox", "loss_giou")}  # final layer only: no suffix
         other_loss = criterion.total_loss({k: v for k, v in losses.items() if k not in box_terms})
@@ -115,8 +115,9 @@ class DetectionTask:
         device = next(model.parameters()).device
         detections = []
         for images, mask, targets in loader:
-            outputs = model(images.to(device), mask.to(device))
-            orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+            # non-blocking: no host sync per batch (the loader pins images and masks on CUDA)
+            outputs = model(images.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+            orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device, non_blocking=True)
             # in float32 whatever the autocast: a bf16 box scaled to 640 px would be off by up to 2 px
             results = postprocess(outputs["pred_logits"].float(), outputs["pred_boxes"].float(), orig_sizes)
             detections += to_coco_results(results, [t["image_id"] for t in targets])

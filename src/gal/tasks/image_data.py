@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from timm.data import ImageDataset, create_dataset, create_loader, create_transform, resolve_data_config
 from timm.data.loader import PrefetchLoader, fast_collate
 from timm.models import get_pretrained_cfg
@@ -178,6 +176,10 @@ def load_digits_split(test_size: float = 0.2, split_seed: int = 0) -> tuple[Tens
     Images are float32 (N, 1, 8, 8) in [0, 1] (the pixels are counts 0..16); labels are int64.
     The split is stratified and fixed by ``split_seed``, the same for every training seed.
     """
+    # imported here: only the digits need scikit-learn (about a second to import)
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     images = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     x_train, x_test, y_train, y_test = train_test_split(

@@ -7,10 +7,11 @@ losses on every intermediate decoder layer ("aux losses", suffix ``_{i}``).
 
 For GAL the adjusted features z are the final layer's predicted boxes, so the box terms
 are public on their own: the task matches once, then re-evaluates only ``box_losses`` at
-z - eta~ g with the same indices and the same ``num_boxes``.
+z - eta~ g with the same indices and the same ``num_boxes``. ``match_all`` matches every
+decoder layer (final and aux, each on its own) with one device-to-host copy per step.
 
-    indices = criterion.match(outputs, targets)
-    losses = criterion(outputs, targets, indices)
+    indices, aux_indices = criterion.match_all(outputs, targets)
+    losses = criterion(outputs, targets, indices, aux_indices)
     num_boxes = criterion.num_boxes(targets, z.device)
     loss_fn = lambda z: criterion.total_loss(criterion.box_losses(z, targets, indices, num_boxes))
 """
@@ -72,14 +73,33 @@ class SetCriterion(nn.Module):
 
     def match(self, outputs: Mapping[str, Tensor], targets: list[Target]) -> list[tuple[Tensor, Tensor]]:
         """Hungarian matching of the final decoder layer: per image (query_idx, target_idx), int64 (min(Q, N_i),)."""
-        device = outputs["pred_boxes"].device
+        return self.match_layers([outputs], targets)[0]
+
+    def match_all(
+        self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]], targets: list[Target]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[list[tuple[Tensor, Tensor]]]]:
+        """(final layer's indices, one list of indices per aux layer), as ``match`` gives them, in one host round trip.
+
+        The aux list is empty without "aux_outputs" or with ``aux_loss=False``.
+        """
+        final, *aux = self.match_layers([outputs, *self.aux_layers(outputs)], targets)
+        return final, aux
+
+    def match_layers(
+        self, layers: list[Mapping[str, Tensor]], targets: list[Target]
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """``match`` of each {"pred_logits", "pred_boxes"} in ``layers``: one device-to-host copy for them all."""
         # scipy solves on the host; the box losses, evaluated twice in a GAL step, then index on the device
-        indices = self.matcher(outputs["pred_logits"], outputs["pred_boxes"], targets)
-        return [(query.to(device), target.to(device)) for query, target in indices]
+        return self.matcher.match_layers([(layer["pred_logits"], layer["pred_boxes"]) for layer in layers], targets)
+
+    def aux_layers(self, outputs: Mapping[str, Tensor | list[dict[str, Tensor]]]) -> list[dict[str, Tensor]]:
+        """The intermediate decoder layers whose losses count: "aux_outputs" if ``aux_loss``, else none."""
+        return list(outputs.get("aux_outputs", [])) if self.aux_loss else []
 
     def num_boxes(self, targets: list[Target], device: torch.device) -> Tensor:
         """Target boxes per rank: the total over ranks divided by the world size, at least 1; a 0-d float tensor."""
-        count = torch.as_tensor(float(sum(len(t["boxes"]) for t in targets)), device=device)
+        # a fill kernel: torch.as_tensor(count, device=device) would be a blocking host-to-device copy
+        count = torch.full((), float(sum(len(t["boxes"]) for t in targets)), dtype=torch.float32, device=device)
         return average_across_ranks(count).clamp(min=1)
 
     def class_loss(self, pred_logits: Tensor, targets: list[Target], indices: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -128,22 +148,30 @@ class SetCriterion(nn.Module):
         outputs: Mapping[str, Tensor | list[dict[str, Tensor]]],
         targets: list[Target],
         indices: list[tuple[Tensor, Tensor]] | None = None,
+        aux_indices: list[list[tuple[Tensor, Tensor]]] | None = None,
     ) -> dict[str, Tensor]:
         """All losses: the final layer's, then each aux layer's with suffix ``_{i}``; 0-d tensors.
 
         outputs: "pred_logits" (B, Q, C+1), "pred_boxes" (B, Q, 4) cxcywh, optional "aux_outputs"
         (a list of dicts with the same two keys, one per intermediate decoder layer).
-        indices: the final layer's matching, reused when given (GAL matches once per step);
-        aux layers are always matched on their own, as in DETR.
+        indices, aux_indices: the final layer's and the aux layers' matchings (``match_all``), reused
+        when given (GAL matches once per step); what is not given is matched here, every aux layer on
+        its own as in DETR, in one device-to-host copy.
         """
-        if indices is None:
+        aux_layers = self.aux_layers(outputs)
+        if indices is None and aux_indices is None:
+            indices, aux_indices = self.match_all(outputs, targets)
+        elif indices is None:
             indices = self.match(outputs, targets)
+        elif aux_indices is None:
+            aux_indices = self.match_layers(aux_layers, targets)
+        if len(aux_indices) != len(aux_layers):
+            raise ValueError(f"{len(aux_indices)} aux matchings for {len(aux_layers)} aux layers")
         num_boxes = self.num_boxes(targets, outputs["pred_boxes"].device)
         losses = self.layer_losses(outputs, targets, indices, num_boxes)
-        if self.aux_loss:
-            for layer, aux in enumerate(outputs.get("aux_outputs", [])):
-                aux_losses = self.layer_losses(aux, targets, self.match(aux, targets), num_boxes)
-                losses.update({f"{name}_{layer}": value for name, value in aux_losses.items()})
+        for layer, (aux, aux_matching) in enumerate(zip(aux_layers, aux_indices)):
+            aux_losses = self.layer_losses(aux, targets, aux_matching, num_boxes)
+            losses.update({f"{name}_{layer}": value for name, value in aux_losses.items()})
         return losses
 
     def total_loss(self, losses: Mapping[str, Tensor]) -> Tensor:

@@ -7,8 +7,8 @@ queries left unmatched are trained to predict "no object".
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou
 
@@ -56,22 +56,50 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, pred_logits: Tensor, pred_boxes: Tensor, targets: list[Target]) -> list[tuple[Tensor, Tensor]]:
-        """Per image, (query_idx, target_idx): int64 tensors of length min(Q, N_i) on the CPU.
+        """Per image, (query_idx, target_idx): int64 tensors of length min(Q, N_i) on the predictions' device.
 
         pred_logits (B, Q, C+1), pred_boxes (B, Q, 4) cxcywh in [0, 1], targets a list of B dicts.
         query_idx is sorted; an image without targets gets two empty tensors.
         """
-        if len(targets) != pred_logits.shape[0]:
-            raise ValueError(f"{len(targets)} target dicts for a batch of {pred_logits.shape[0]} images")
+        return self.match_layers([(pred_logits, pred_boxes)], targets)[0]
+
+    @torch.no_grad()
+    def match_layers(
+        self, layers: list[tuple[Tensor, Tensor]], targets: list[Target]
+    ) -> list[list[tuple[Tensor, Tensor]]]:
+        """``forward`` of each decoder layer's (pred_logits, pred_boxes), each layer matched on its own.
+
+        All layers' costs go to the host in one device-to-host copy, and all indices come back in one
+        host-to-device copy (non-blocking from pinned memory on CUDA). Returns, per layer, per image,
+        (query_idx, target_idx) as ``forward`` does.
+        """
+        for pred_logits, _ in layers:
+            if len(targets) != pred_logits.shape[0]:
+                raise ValueError(f"{len(targets)} target dicts for a batch of {pred_logits.shape[0]} images")
+        if not layers:
+            return []
+        device = layers[0][1].device
         sizes = [len(t["boxes"]) for t in targets]
         if sum(sizes) == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return [(empty, empty.clone()) for _ in targets]
-        cost = self.cost(pred_logits, pred_boxes, targets).cpu()  # the one device-to-host copy per batch
-        indices = []
-        for image, block in enumerate(cost.split(sizes, dim=-1)):
-            query_idx, target_idx = linear_sum_assignment(block[image].numpy())
-            indices.append(
-                (torch.as_tensor(query_idx, dtype=torch.int64), torch.as_tensor(target_idx, dtype=torch.int64))
-            )
-        return indices
+            empty = torch.empty(0, dtype=torch.int64, device=device)
+            return [[(empty, empty.clone()) for _ in targets] for _ in layers]
+        costs = torch.stack([self.cost(pred_logits, pred_boxes, targets) for pred_logits, pred_boxes in layers])
+        # (L, B, Q, sum_i N_i) to the host: the one device-to-host copy
+        host = [part for cost in costs.cpu() for part in _hungarian(cost, sizes)]
+        flat = torch.from_numpy(np.concatenate(host))
+        if device.type == "cuda":
+            flat = flat.pin_memory()  # so that the copy back does not block the host
+        parts = flat.to(device, non_blocking=True).split([len(part) for part in host])
+        pairs = list(zip(parts[0::2], parts[1::2]))  # layer 0's images, then layer 1's, ...
+        return [pairs[layer * len(targets) : (layer + 1) * len(targets)] for layer in range(len(layers))]
+
+
+def _hungarian(cost: Tensor, sizes: list[int]) -> list[np.ndarray]:
+    """scipy's assignment per image of one layer's host cost (B, Q, sum_i N_i): [query_idx_0, target_idx_0, ...]."""
+    from scipy.optimize import linear_sum_assignment  # imported here: only DETR's matching needs scipy
+
+    parts = []
+    for image, block in enumerate(cost.split(sizes, dim=-1)):
+        query_idx, target_idx = linear_sum_assignment(block[image].numpy())
+        parts += [query_idx.astype(np.int64, copy=False), target_idx.astype(np.int64, copy=False)]
+    return parts
