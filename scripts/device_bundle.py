@@ -88,7 +88,9 @@ bundle=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "$bundle/.."
 python=${GAL_PYTHON:-python3}
 site=${GAL_SITE:-/tmp/gal-site}
-limit=${GAL_DEVICE_LIMIT_S:-570}
+# 480 s: phases a and b whole, c in part, and room in a lent machine's 15 minutes (its start-up included) to run
+# again, e.g. GAL_DEVICE_LIMIT_S=240 bash device_bundle/run.sh --phases c
+limit=${GAL_DEVICE_LIMIT_S:-480}
 check=${GAL_GPU_CHECK:-scripts/gpu_check.py}
 out=${OUT:-$PWD/device_out}
 mkdir -p "$out"
@@ -100,10 +102,22 @@ if ! "$python" -m pip --version >/dev/null 2>&1; then
   echo "no pip in $python: using ${pip[1]}"
 fi
 # PIP_CONFIG_FILE=/dev/null: the device's pip config (indexes, constraints) has no say in an offline install
-if ! PIP_CONFIG_FILE=/dev/null "${pip[@]}" install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --disable-pip-version-check --find-links "$bundle/wheels" --target "$site" -r "$bundle/requirements.txt"; then
-  echo "error: the bundle did not install into $site with $python (see above)"
-  exit 3
+install() {
+  PIP_CONFIG_FILE=/dev/null "${pip[@]}" install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --disable-pip-version-check --find-links "$bundle/wheels" --target "$site" "$@"
+}
+if ! install -r "$bundle/requirements.txt" 2>/dev/null; then
+  # a release with no wheel for this Python (say 3.10): install the others, and use the machine's own copy of it
+  pins=($(grep -v '^#' "$bundle/requirements.txt"))
+  skipped=()
+  for pin in "${pins[@]}"; do
+    install "$pin" 2>/dev/null || skipped+=("$pin")
+  done
+  echo "no wheel for $("$python" -V 2>&1) in the bundle: ${skipped[*]}; the machine's own copies are used"
+  if [[ ${#skipped[@]} -eq ${#pins[@]} ]]; then
+    echo "error: none of the bundle installed into $site with $python"
+    exit 3
+  fi
 fi
 export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}  # no network here: fail at once rather than retry
@@ -236,19 +250,20 @@ def fetch(pin: str, python: str, wheels_dir: Path, source: list[str]) -> str | N
 
 def fetch_all(pins: list[str], wheels_dir: Path, source: list[str]) -> dict[str, list[str]]:
     """Wheels of every pin for DEVICE_PYTHON (so that an unreachable index stops at the first package), then for
-    each other Python that every pin's Requires-Python allows; returns {python: reasons} for those left out."""
+    each other Python every pin whose Requires-Python allows it; returns {python: reasons} for the pins left out
+    (run.sh installs the rest there and leaves those to the machine's own copies)."""
     for pin in pins:
         print(f"{pin} ...", flush=True)
         fetch(pin, DEVICE_PYTHON, wheels_dir, source)
     not_covered = {}
     for python in PYTHONS:
-        reasons = [
-            f"{pin}: Requires-Python {requires_python(wheel)}"
-            for pin in pins
-            if not requires_python(wheel := wheels_of(wheels_dir, pin)[0]).contains(python)
-        ]  # a release that leaves this Python out: no wheels for it from the others either
-        if not reasons:
-            reasons = [f"{pin}: {error}" for pin in pins if (error := fetch(pin, python, wheels_dir, source))]
+        reasons = []
+        for pin in pins:
+            allowed = requires_python(wheels_of(wheels_dir, pin)[0])
+            if not allowed.contains(python):
+                reasons.append(f"{pin}: Requires-Python {allowed}")
+            elif error := fetch(pin, python, wheels_dir, source):
+                reasons.append(f"{pin}: {error}")
         if reasons:
             not_covered[python] = reasons
     return not_covered
@@ -319,7 +334,8 @@ def main() -> None:
     wheels_dir.mkdir(parents=True, exist_ok=True)
     not_covered = fetch_all(pins + bootstrap, wheels_dir, source)
     covered = [python for python in PYTHONS if python not in not_covered]
-    wanted = {wheel_for(wheels_dir, pin, python) for pin in pins + bootstrap for python in covered}
+    found = (wheel_for(wheels_dir, pin, python) for pin in pins + bootstrap for python in PYTHONS)
+    wanted = {wheel for wheel in found if wheel is not None}
     for stale in set(wheels_dir.iterdir()) - wanted:
         stale.unlink()  # other versions, or a Python the bundle cannot serve
     wheels = sorted(wanted)
@@ -336,7 +352,7 @@ def main() -> None:
 
     print(f"{args.out}: {len(wheels)} wheels, {mib(summary['total_bytes'])}, for CPython {', '.join(covered)}")
     for python, reasons in not_covered.items():
-        print(f"note: no CPython {python} in the bundle: {'; '.join(reasons)}")
+        print(f"note: on CPython {python} run.sh leaves these to the machine's own copies: {'; '.join(reasons)}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def torch_problem(torch: Any, cpu: bool) -> str | None:
 
 def header(torch: Any, args: argparse.Namespace) -> dict[str, Any]:
     """The machine, the software stack and the settings, for the report."""
+    from gal.benchmarking import device_name  # torch only: no timm or torchvision in this process
+
     cuda = not args.cpu
     versions = {}
     for name in PACKAGES:
@@ -98,7 +100,7 @@ def header(torch: Any, args: argparse.Namespace) -> dict[str, Any]:
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join(["python", *sys.argv]),
         "mode": "cpu" if args.cpu else "cuda",
-        "device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        "device": device_name(torch.device("cuda" if cuda else "cpu")),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,

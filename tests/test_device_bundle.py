@@ -143,15 +143,16 @@ def test_a_second_run_reuses_the_wheels_without_any_source(bundle, tmp_path):
     assert {path.name: path.stat().st_mtime_ns for path in (bundle / "wheels").iterdir()} == before
 
 
-def test_a_release_that_leaves_a_python_out_drops_that_python_and_its_wheels(links, tmp_path):
+def test_a_release_that_leaves_a_python_out_is_named_and_the_others_keep_their_wheels_for_it(links, tmp_path):
     result = run_script("--out", tmp_path / "b", "--find-links", links, "--packages", COMPILED, ABI3)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["pythons"] == ["3.11", "3.12", "3.13"]
     assert list(manifest["not_covered"]) == ["3.10"] and ABI3 in manifest["not_covered"]["3.10"][0]
     wheels = sorted(path.name for path in (tmp_path / "b" / "wheels").iterdir())
-    assert f"gal_tiny_abi3-1.0-cp311-abi3-{MANYLINUX}.whl" in wheels and not any("cp310" in name for name in wheels)
-    assert "note: no CPython 3.10 in the bundle: gal-tiny-abi3==1.0" in result.stdout
+    assert f"gal_tiny_abi3-1.0-cp311-abi3-{MANYLINUX}.whl" in wheels
+    assert f"gal_tiny_ext-1.0-cp310-cp310-{MANYLINUX}.whl" in wheels  # run.sh installs it on 3.10, and names ABI3
+    assert "on CPython 3.10 run.sh leaves these to the machine's own copies: gal-tiny-abi3==1.0" in result.stdout
 
 
 def test_a_bundle_over_the_limit_fails_naming_its_three_largest_wheels(links, tmp_path):
@@ -276,3 +277,15 @@ def test_the_real_set_downloads_installs_offline_and_imports_beside_the_devices_
     result = import_set([tmp_path / "site", device_view(tmp_path / "view")])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == str(tmp_path / "site" / "timm" / "__init__.py")
+
+
+def test_run_sh_installs_what_fits_this_python_and_names_the_rest(bundle, tmp_path):
+    """A release with no wheel for the machine's Python (e.g. 3.10) is left to the machine's own copy."""
+    copy = tmp_path / "repo" / "device_bundle"
+    shutil.copytree(bundle, copy)
+    (copy / "requirements.txt").write_text((copy / "requirements.txt").read_text() + "gal-tiny-absent==3.0\n")
+    status, output, seen = run_sh(copy, tmp_path, sys.executable, 0, "--cpu")
+    assert status == 0, output
+    python = f"Python {sys.version_info.major}.{sys.version_info.minor}"
+    assert f"no wheel for {python}" in output and ": gal-tiny-absent==3.0; the machine's own copies are used" in output
+    assert seen["pure"].startswith(str(tmp_path / "site"))  # the others are installed
