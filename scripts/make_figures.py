@@ -1,16 +1,17 @@
 """Draw the logged curves (Figs. 5, 6, 8b) and write Table VII (training time, baseline vs GAL).
 
-    python scripts/make_figures.py [--results results] [--out results/figures]
+    python scripts/make_figures.py [--results results] [--out results/figures] [--only curves ablations eq7 table7]
 
 One PNG per run set results/runs/<experiment>/<task>/<optimizer>/ that has both a gal=off and a
 gal=on arm, from the runs' log.jsonl files: curves_<experiment>_<task>_<optimizer>.png with
-Fig. 5 (evaluation loss per epoch, both arms), Fig. 6 (the GAL arm's remainder and cos(grad, v~)
-per step) and Fig. 8b (steps per epoch in which g was used, and samples per epoch in which the
-tentative step with g did not raise the sample's loss, Alg. 1 line 7). One PNG per ablation sweep with runs
-(Fig. 7 left / middle / right: alpha, beta, h's architecture; Fig. 8a: the update policy; Table VI:
-random adjustments): ablation_<name>.png, every variant's final metric per task beside the default
-GAL runs and the baseline. Table VII goes to <results>/tables/table7.md from the JSON files
-written by the two benchmark scripts.
+Fig. 5 (evaluation loss per epoch, both arms, and GAL minus the baseline seed by seed), Fig. 6 (the
+GAL arm's remainder and cos(grad, v~) per step) and Fig. 8b (steps per epoch in which g was used,
+and samples per epoch in which the tentative step with g did not raise the sample's loss, Alg. 1
+line 7). One PNG per ablation sweep with runs (Fig. 7 left / middle / right: alpha, beta, h's
+architecture; Fig. 8a: the update policy; Table VI: random adjustments): ablation_<name>.png, every
+variant's final metric per task beside the default GAL runs and the baseline. Table VII goes to
+<results>/tables/table7.md from the JSON files written by the two benchmark scripts. `--only` makes
+some of these (e.g. `--only curves`) and leaves the other files as they are.
 """
 
 import argparse
@@ -35,7 +36,11 @@ _spec.loader.exec_module(make_tables)  # scripts/ is not a package; the tables' 
 
 COMMAND = "python scripts/make_figures.py"
 EVAL_LOSS_KEYS = ("eval/loss", "eval/mse")  # classification logs a loss; regression only the MSE
-ARM_STYLE = {"off": ("baseline", "tab:blue", "--"), "on": ("GAL", "tab:red", "-")}  # dashed: visible on top
+ARM_LABEL = {"off": "baseline", "on": "GAL"}
+# Fig. 5: GAL dashed over a wide, pale baseline, so both show where the curves coincide
+CURVE_STYLE = {"off": {"color": "tab:blue", "ls": "-", "lw": 3.0, "alpha": 0.5},
+               "on": {"color": "tab:red", "ls": "--", "lw": 1.3, "alpha": 1.0}}  # fmt: skip
+OUTPUTS = ("curves", "ablations", "eq7", "table7")
 PAPER_TABLE7 = [  # paper Table VII: training time per image, seconds
     ("ImageNet", "0.3907", "0.4027", "+3.1%"),
     ("CIFAR-10", "0.5292", "0.5444", "+2.9%"),
@@ -45,16 +50,20 @@ PAPER_TABLE7 = [  # paper Table VII: training time per image, seconds
 
 @dataclass(frozen=True)
 class RunSet:
-    """The runs of one experiment/task/optimizer: arm ("off"/"on") -> the log rows of each seed."""
+    """The runs of one experiment/task/optimizer: arm ("off"/"on") -> seed -> that run's log rows."""
 
     experiment: str
     task: str
     optimizer: str
-    arms: dict[str, list[list[dict[str, Any]]]]
+    arms: dict[str, dict[int, list[dict[str, Any]]]]
 
     @property
     def name(self) -> str:
         return f"{self.experiment}/{self.task}/{self.optimizer}"
+
+    def logs(self, arm: str) -> list[list[dict[str, Any]]]:
+        """The log rows of each seed of one arm, in seed order."""
+        return [self.arms[arm][seed] for seed in sorted(self.arms[arm])]
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -63,10 +72,11 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def find_run_sets(results_dir: Path) -> list[RunSet]:
     """Every experiment/task/optimizer folder under runs/ with at least one seed's log.jsonl."""
-    grouped: dict[tuple[str, str, str], dict[str, list[list[dict[str, Any]]]]] = {}
+    grouped: dict[tuple[str, str, str], dict[str, dict[int, list[dict[str, Any]]]]] = {}
     for log in sorted(Path(results_dir, "runs").glob("*/*/*/*/seed=*/log.jsonl")):
-        experiment, task, optimizer, gal = log.parts[-6:-2]
-        grouped.setdefault((experiment, task, optimizer), {}).setdefault(gal, []).append(read_log(log))
+        experiment, task, optimizer, gal, seed = log.parts[-6:-1]
+        arm = grouped.setdefault((experiment, task, optimizer), {}).setdefault(gal, {})
+        arm[int(seed.removeprefix("seed="))] = read_log(log)
     return [RunSet(*key, arms) for key, arms in sorted(grouped.items())]
 
 
@@ -100,33 +110,61 @@ def per_epoch_sums(seeds: list[list[dict[str, Any]]], key: str) -> tuple[np.ndar
     return np.arange(values.shape[1]), values, stack(counts).mean(axis=0)
 
 
-def band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, ls: str = "-") -> None:
+def band(ax: plt.Axes, x: np.ndarray, values: np.ndarray, color: str, label: str, ls: str = "-", lw: float = 1.2,
+         alpha: float = 1.0) -> None:  # fmt: skip
     """Mean over seeds as a line, min-max over seeds as a shaded band."""
-    ax.plot(x, values.mean(axis=0), color=color, label=label, lw=1.2, ls=ls)
+    ax.plot(x, values.mean(axis=0), color=color, label=label, lw=lw, ls=ls, alpha=alpha)
     if len(values) > 1:
-        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2, lw=0)
+        ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.15, lw=0)
 
 
-def plot_run_set(run_set: RunSet, path: Path) -> None:
-    """Fig. 5, Fig. 6 (two panels) and Fig. 8b (two panels) side by side in one PNG."""
-    fig, (ax_loss, ax_rem, ax_cos, ax_adj, ax_wins) = plt.subplots(1, 5, figsize=(25, 4.2))
-    seeds_note = ", ".join(f"{ARM_STYLE[a][0]} {len(run_set.arms[a])} seeds" for a in ("off", "on"))
-    fig.suptitle(f"{run_set.name} ({seeds_note}); lines: mean over seeds, bands: min-max")
+def eval_curves(logs: list[list[dict[str, Any]]], key: str) -> np.ndarray:
+    """Seeds x epochs of an evaluation value."""
+    return stack([np.array([r[key] for r in seed if key in r]) for seed in logs])
 
-    key = eval_loss_key([r for seeds in run_set.arms.values() for seed in seeds for r in seed])
-    if key is None:
-        ax_loss.text(0.5, 0.5, "no eval/loss or eval/mse logged", ha="center", transform=ax_loss.transAxes)
-    else:
-        for arm in ("on", "off"):  # baseline drawn last, dashed, so it shows where the arms overlap
-            epoch_rows = [[r for r in seed if key in r] for seed in run_set.arms[arm]]
-            values = stack([np.array([r[key] for r in rows]) for rows in epoch_rows])
-            label, color, ls = ARM_STYLE[arm]
-            band(ax_loss, np.arange(1, values.shape[1] + 1), values, color, label, ls)
-        ax_loss.set(xlabel="epoch", ylabel=f"evaluation {key.removeprefix('eval/')}", yscale="log")
-        ax_loss.legend()
+
+def plot_eval_loss(run_set: RunSet, ax_loss: plt.Axes, ax_diff: plt.Axes) -> None:
+    """Fig. 5: both arms' evaluation loss per epoch, and GAL minus the baseline on the seeds both arms ran (a seed
+    starts both arms from the same weights)."""
     ax_loss.set_title("Fig. 5: evaluation loss")
+    ax_diff.set_title("Fig. 5: GAL − baseline, same seed")
+    key = eval_loss_key([r for arm in run_set.arms for seed in run_set.logs(arm) for r in seed])
+    if key is None:
+        for ax in (ax_loss, ax_diff):
+            ax.text(0.5, 0.5, "no eval/loss or eval/mse logged", ha="center", transform=ax.transAxes)
+        return
+    name = key.removeprefix("eval/")
+    for arm in ("off", "on"):  # GAL on top
+        values = eval_curves(run_set.logs(arm), key)
+        band(ax_loss, np.arange(1, values.shape[1] + 1), values, label=ARM_LABEL[arm], **CURVE_STYLE[arm])
+    ax_loss.set(xlabel="epoch", ylabel=f"evaluation {name}", yscale="log")
+    ax_loss.legend()
 
-    gal = run_set.arms["on"]
+    seeds = sorted(set(run_set.arms["off"]) & set(run_set.arms["on"]))
+    ax_diff.axhline(0, color="gray", lw=0.8)
+    ax_diff.set(xlabel="epoch", ylabel=f"GAL − baseline, evaluation {name}")
+    if not seeds:
+        ax_diff.text(0.5, 0.5, "no seed with both arms", ha="center", transform=ax_diff.transAxes)
+        return
+    off, on = (eval_curves([run_set.arms[arm][s] for s in seeds], key) for arm in ("off", "on"))
+    n = min(off.shape[1], on.shape[1])
+    diff = on[:, :n] - off[:, :n]
+    band(ax_diff, np.arange(1, n + 1), diff, "black", f"mean over {len(seeds)} seeds")
+    last, base = diff[:, -1].mean(), off[:, n - 1].mean()
+    ax_diff.text(0.98, 0.95, f"last epoch: {last:+.3g} ({last / base:+.2%} of the baseline)", ha="right",
+                 va="top", transform=ax_diff.transAxes, fontsize=9)  # fmt: skip
+    ax_diff.legend(loc="lower right")
+
+
+def curves_figure(run_set: RunSet) -> plt.Figure:
+    """Fig. 5 (two panels), Fig. 6 (two panels) and Fig. 8b (two panels) in one figure."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    (ax_loss, ax_diff, ax_rem), (ax_cos, ax_adj, ax_wins) = axes
+    seeds_note = ", ".join(f"{ARM_LABEL[a]} {len(run_set.arms[a])} seeds" for a in ("off", "on"))
+    fig.suptitle(f"{run_set.name} ({seeds_note}); lines: mean over seeds, bands: min-max")
+    plot_eval_loss(run_set, ax_loss, ax_diff)
+
+    gal = run_set.logs("on")
     steps, remainder = step_series(gal, "remainder")
     ax_rem.plot(steps, np.abs(remainder).mean(axis=0), color="tab:red", lw=0.6)
     ax_rem.set(xlabel="step", ylabel="|remainder| (mean over seeds)", yscale="log", title="Fig. 6: GAL remainder")
@@ -149,8 +187,12 @@ def plot_run_set(run_set: RunSet, path: Path) -> None:
     else:
         ax_wins.text(0.5, 0.5, "g_wins not logged by these runs", ha="center", transform=ax_wins.transAxes)
     ax_wins.set(xlabel="epoch", ylabel="samples (g_wins summed)", title="Fig. 8b: samples where g beats dl/dz")
-
     fig.tight_layout()
+    return fig
+
+
+def plot_run_set(run_set: RunSet, path: Path) -> None:
+    fig = curves_figure(run_set)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -165,7 +207,7 @@ def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
     fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.2), squeeze=False)
     for ax, (row, metric) in zip(axes[0], rows):
         key, title, _ = metric
-        for gal, (label, color, ls) in (("on", ("default GAL", "tab:red", "-")), ("off", ARM_STYLE["off"])):
+        for gal, label, color, ls in (("on", "default GAL", "tab:red", "-"), ("off", "baseline", "tab:blue", "--")):
             values = make_tables.collect(results_dir, row, gal, [metric])[key]
             if len(values):
                 ax.axhline(np.mean(values), color=color, ls=ls, lw=1, label=f"{label} (mean)")
@@ -302,28 +344,31 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (runs/, bench/ inside)")
     parser.add_argument("--out", type=Path, default=None, help="figures folder (default: <results>/figures)")
+    parser.add_argument("--only", nargs="+", choices=OUTPUTS, default=OUTPUTS, help="make only these (default: all)")
     args = parser.parse_args(argv)
     out = args.out or args.results / "figures"
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for run_set in find_run_sets(args.results):
-        missing = [ARM_STYLE[a][0] for a in ("off", "on") if a not in run_set.arms]
+    for run_set in find_run_sets(args.results) if "curves" in args.only else []:
+        missing = [ARM_LABEL[a] for a in ("off", "on") if a not in run_set.arms]
         if missing:
             print(f"skipped {run_set.name}: no {' or '.join(missing)} runs")
             continue
         path = out / f"curves_{run_set.experiment}_{run_set.task}_{run_set.optimizer}.png"
         plot_run_set(run_set, path)
         print(f"wrote {path}")
-    for ablation in make_tables.ABLATIONS:
+    for ablation in make_tables.ABLATIONS if "ablations" in args.only else []:
         path = out / f"ablation_{ablation}.png"
         if plot_ablation(args.results, ablation, path):
             print(f"wrote {path}")
-    if plot_eq7(args.results, out / "eq7_diagnostics.png"):
+    if "eq7" in args.only and plot_eq7(args.results, out / "eq7_diagnostics.png"):
         print(f"wrote {out / 'eq7_diagnostics.png'}")
-    tables = args.results / "tables"
-    tables.mkdir(parents=True, exist_ok=True)
-    (tables / "table7.md").write_text(table7(args.results))
-    print(f"wrote {tables / 'table7.md'} ({time.perf_counter() - start:.1f} s in all)", file=sys.stderr)
+    if "table7" in args.only:
+        tables = args.results / "tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        (tables / "table7.md").write_text(table7(args.results))
+        print(f"wrote {tables / 'table7.md'}")
+    print(f"{time.perf_counter() - start:.1f} s in all", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Image classification through the shared trainer, on tiny synthetic data in the real formats."""
 
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -118,6 +119,49 @@ def test_pretrained_file_loads_local_weights_and_a_new_classifier(tmp_path):
     assert model.get_classifier().out_features == 10
     with pytest.raises(ConfigError, match="task.model.pretrained_file=.*absent.pth is not a file"):
         create_model("test_efficientnet.r160_in1k", 10, pretrained=True, pretrained_file=str(tmp_path / "absent.pth"))
+
+
+NO_HUB = "http://127.0.0.1:9"  # the discard port: nothing listens, so a connection is refused at once
+
+LOAD_FROM_THE_HUB = """
+import sys, timm, torch
+from gal.errors import WeightsUnavailableError
+from gal.tasks.classification import create_model
+try:
+    model = create_model("test_efficientnet.r160_in1k", 10, pretrained=True)
+except WeightsUnavailableError as error:
+    sys.exit(f"error: {error}")
+source = torch.load(sys.argv[1], weights_only=True)
+print("equal" if torch.equal(model.conv_stem.weight, source["conv_stem.weight"]) else "different")
+"""
+
+
+def load_from_the_hub(tmp_path: Path, weights: Path) -> subprocess.CompletedProcess:
+    """create_model(pretrained=True) in a fresh process with no network (the hub's port refuses) and no
+    HF_HUB_OFFLINE, as a new user offline runs it; huggingface_hub reads its cache path when imported."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "proxy" not in k.lower()}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": NO_HUB}
+    command = [sys.executable, "-c", LOAD_FROM_THE_HUB, str(weights)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_offline_without_hf_hub_offline_fails_at_once_or_loads_the_cached_file(tmp_path):
+    """No retry loop: an unreachable hub is seen before huggingface_hub is asked; a file already in its cache
+    (the layout `huggingface-cli download` writes) is loaded without the network."""
+    source = timm.create_model("test_efficientnet.r160_in1k", num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    result = load_from_the_hub(tmp_path, tmp_path / "weights.pth")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "the hub is unreachable: 127.0.0.1:9" in result.stderr and "huggingface-cli download" in result.stderr
+
+    repo = tmp_path / "hf" / "hub" / "models--timm--test_efficientnet.r160_in1k"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    torch.save(source.state_dict(), snapshot / "pytorch_model.bin")
+    result = load_from_the_hub(tmp_path, tmp_path / "weights.pth")
+    assert (result.returncode, result.stdout.strip()) == (0, "equal"), result.stderr[-2000:]
 
 
 def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss():

@@ -18,8 +18,8 @@ def make_figures():
     return module
 
 
-def write_log(run_dir: Path, gal: bool, seed: int, eval_key: str) -> None:
-    """log.jsonl as gal.runlog.RunLog writes it: step rows, then one eval row per epoch."""
+def write_log(run_dir: Path, gal: bool, seed: int, eval_key: str, eval_shift: float = 0.0) -> None:
+    """log.jsonl as gal.runlog.RunLog writes it: step rows, then one eval row per epoch (+ eval_shift)."""
     rows = []
     for epoch in range(EPOCHS):
         for i in range(STEPS_PER_EPOCH):
@@ -29,7 +29,8 @@ def write_log(run_dir: Path, gal: bool, seed: int, eval_key: str) -> None:
                 row |= {"tentative_loss": row["loss"] - 1e-3, "remainder": (-1) ** step * 1e-3 / step,
                         "cosine": 0.1 * i, "adjusted_fraction": float(i % 2), "g_wins": float(i)}  # fmt: skip
             rows.append(row)
-        rows.append({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch, eval_key: 2.0 / (epoch + 1) + seed})
+        eval_value = 2.0 / (epoch + 1) + seed + eval_shift
+        rows.append({"step": (epoch + 1) * STEPS_PER_EPOCH, "epoch": epoch, eval_key: eval_value})
     run_dir.mkdir(parents=True)
     (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -94,6 +95,32 @@ def test_figures_and_table7(make_figures, tmp_path: Path, capsys) -> None:
     assert f"| {1 / 8.0:.4f} | {1 / 7.5:.4f} | {8.0 / 7.5:.3f} ({8.0 / 7.5 - 1:+.1%}) |" in table  # s per image
     assert "Fake CPU" in table and "`python scripts/bench_throughput.py`" in table
     assert "0.3907 | 0.4027 | +3.1%" in table
+
+
+def test_fig5_shows_both_arms_and_their_difference(make_figures, tmp_path: Path) -> None:
+    for gal, shift in (("off", 0.0), ("on", 0.25)):
+        for seed in (0, 1, 2):
+            write_log(tmp_path / f"runs/exp/regr/adam/{gal}/seed={seed}", gal == "on", seed, "eval/mse", shift)
+    write_log(tmp_path / "runs/exp/regr/adam/on/seed=7", True, 7, "eval/mse", 0.25)  # no baseline seed to pair with
+    (run_set,) = make_figures.find_run_sets(tmp_path)
+    axes = {ax.get_title(): ax for ax in make_figures.curves_figure(run_set).axes}
+
+    loss_lines = axes["Fig. 5: evaluation loss"].get_lines()
+    assert [line.get_label() for line in loss_lines] == ["baseline", "GAL"]  # GAL drawn on top
+    assert loss_lines[0].get_linestyle() != loss_lines[1].get_linestyle()  # both visible where they coincide
+    assert loss_lines[0].get_linewidth() > loss_lines[1].get_linewidth()
+    difference = [line for line in axes["Fig. 5: GAL − baseline, same seed"].get_lines() if line.get_label()[0] != "_"]
+    assert [line.get_label() for line in difference] == ["mean over 3 seeds"]  # seed 7 has no baseline: left out
+    assert difference[0].get_ydata() == pytest.approx([0.25] * EPOCHS)
+
+
+def test_only_curves_leaves_the_other_outputs(make_figures, tmp_path: Path) -> None:
+    for gal in ("off", "on"):
+        write_log(tmp_path / f"runs/exp/regr/adam/{gal}/seed=0", gal == "on", 0, "eval/mse")
+    write_log(tmp_path / "runs/eq7_taylor64/diabetes/adam/on/seed=0", True, 0, "eval/mse")
+    make_figures.main(["--results", str(tmp_path), "--out", str(tmp_path / "fig"), "--only", "curves"])
+    assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == ["curves_exp_regr_adam.png"]  # no eq7 figure
+    assert not (tmp_path / "tables").exists()  # no table7.md
 
 
 def test_table7_names_the_command_for_missing_benchmarks(make_figures, tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def test_the_whole_check_runs_on_the_cpu_phase_by_phase(tmp_path):
 
     for row in ("cifar100_sgd/fp32", "imagenet_resnet50/fp16_ema"):
         run = cases[f"trainer/{row}/resume"]
-        assert run["resume_equal"] is True and run["max_abs_diff"] == 0.0 and run["killed_after_epoch"] == 1
+        assert run["resume_equal"] is True and run["max_abs_diff"] == 0.0
+        assert run["killed_after_epoch"] in (1, 2)  # killed mid-run: after the first checkpoint, before the last epoch
         assert run["resumed"]["metrics"][0]["epochs"] == 3 and run["straight"]["metrics"][0]["steps"] == 9
     detr_run = cases["trainer/coco_detr_r50/fp32/coco_eval"]
     assert set(detr_run["metrics"][0]["metrics"]) == {"AP", "AP50", "AP75", "APS", "APM", "APL"}

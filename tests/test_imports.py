@@ -21,3 +21,18 @@ def test_the_trainer_and_its_tasks_import_no_side_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
     assert loaded - LOADED_BY_TIMM == set(), f"imported at module level: {sorted(loaded - LOADED_BY_TIMM)}"
+
+
+def test_a_table5_run_starts_without_timm_torchvision_or_pytorch_optimizer(tmp_path):
+    """The regression rows use torch's Adam, a constant lr and one process: nothing of timm's (which imports
+    torchvision, seconds of start-up on a small CPU) is needed, from the command line to metrics.json."""
+    code = (
+        "import sys, json, runpy; "
+        f"sys.argv = ['gal', 'experiment=table5_diabetes', 'gal=on', 'trainer.epochs=1', 'results_dir={tmp_path}', "
+        "'trainer.progress=false']; "
+        'exec(\'try:\\n    runpy.run_module("gal", run_name="__main__")\\nexcept SystemExit:\\n    pass\'); '
+        "print(json.dumps([m for m in ('timm', 'torchvision', 'pytorch_optimizer') if m in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    assert list(tmp_path.rglob("metrics.json"))  # it trained

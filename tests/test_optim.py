@@ -363,3 +363,18 @@ def test_without_filter_bias_and_bn_the_model_and_h_are_one_group_each_with_weig
     assert optimizer.defaults["weight_decay"] == 1e-3
     without_the_key = {key: value for key, value in config.items() if key != "filter_bias_and_bn"}
     assert optimizer.state_dict() == build_optimizer(model, adjuster, gal_lr=GAL_LR, **without_the_key).state_dict()
+
+
+@pytest.mark.parametrize(("name", "timm_name"), [("sgd", "momentum"), ("adam", "adam"), ("adamw", "adamw")])
+def test_torchs_own_optimizers_are_timms_registry_entries(name, timm_name):
+    """sgd, adam and adamw are built from torch directly (no timm import for them): the classes and settings that
+    timm's registry names, so runs made through timm's registry are the same runs."""
+    import timm.optim
+
+    model = torch.nn.Linear(3, 2)
+    ours = build_optimizer(model, None, name, lr=0.1)
+    theirs = timm.optim.get_optimizer_class(timm_name)
+    theirs_class = getattr(theirs, "func", theirs)
+    assert type(ours) is theirs_class
+    for key, value in getattr(theirs, "keywords", {}).items():  # "momentum": nesterov=False
+        assert ours.defaults[key] == value

@@ -6,18 +6,22 @@ schema" pattern), e.g. configs/trainer/default.yaml starts with ``- /schema/trai
 optimizer files stay plain (they are also read on their own as build_optimizer's arguments): config.yaml's
 defaults list picks their schema by the optimizer's name, ``- schema/optimizer@optimizer: ${optimizer}``. A wrong
 type (``optimizer.lr=abc``, ``trainer.epochs=2.5``) or a key no schema declares fails at compose time, naming
-the key. A key that every file of its group sets is MISSING here; one that some files leave out defaults to
+the key; a key added with ``+`` or ``++`` (which Hydra lets into a typed node) fails in validate(). The nodes typed
+``dict[str, Any]`` (task.model: timm's or DETR's kwargs; task.augment, task.cost, task.loss_weights) stay open. A
+key that every file of its group sets is MISSING here; one that some files leave out defaults to
 what the code that takes it defaults to (tests/test_config_schema.py checks that they agree).
 
 Importing this module registers the schemas: gal.train imports it, and so must anything that composes the
 configs without importing gal.train.
 """
 
+import dataclasses
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
 from gal.distributed import DEVICES
@@ -263,8 +267,10 @@ register_schemas()
 def validate(cfg: DictConfig) -> None:
     """Refuse a setting out of its range before any data is loaded: a ConfigError naming the key and what it may be.
 
-    The types were checked when Hydra composed ``cfg``; these are the ranges a type cannot say.
+    The types were checked when Hydra composed ``cfg``; these are the ranges a type cannot say, and the keys that
+    ``+key=value`` added to a node whose schema lacks them.
     """
+    _declared_keys_only(cfg)
     trainer, task, gal = cfg.trainer, cfg.task, cfg.gal
     _one_of("trainer.if_exists", trainer.if_exists, IF_EXISTS)
     _one_of("trainer.on_nonfinite", trainer.on_nonfinite, ON_NONFINITE)
@@ -285,6 +291,33 @@ def validate(cfg: DictConfig) -> None:
         _widths("task.hidden", task.hidden)
     if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)
         check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
+
+
+def _declared_keys_only(node: DictConfig, path: str = "") -> None:
+    """Refuse a key of a schema-typed node that its schema does not declare, naming the nearest declared ones.
+
+    Hydra's ``+key=value`` adds a key even to a struct node (``++`` too, where the key is new). A dict-typed node
+    (task.model, ...) has no dataclass type: any key passes there, as it should.
+    """
+    schema = OmegaConf.get_type(node)
+    declared = [field.name for field in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        if not path and key == "hydra":  # Hydra's own node (compose(return_hydra_config=True)): Hydra checks it
+            continue
+        if declared is not None and key not in declared:
+            raise ConfigError(_not_a_setting(path, str(key), declared))
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+            continue
+        if isinstance(child := node[key], DictConfig):
+            _declared_keys_only(child, f"{path}{key}.")
+
+
+def _not_a_setting(path: str, key: str, declared: list[str]) -> str:
+    """One line: ``path + key`` is not a setting of the node at ``path``, the nearest declared keys, and all of them."""
+    node = path.rstrip(".") or "the top level"
+    close = difflib.get_close_matches(key, declared, n=3)
+    hint = f" (did you mean {' or '.join(path + name for name in close)}?)" if close else ""
+    return f"{path}{key} is not a setting of {node}{hint}; the settings of {node} are: {', '.join(declared)}"
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:

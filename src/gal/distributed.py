@@ -5,7 +5,8 @@ a ``--multirun`` in the same process (a group cannot be re-created under one tor
 the second ``init_process_group`` fails or hangs); it is destroyed when the process exits.
 Rank, local rank and world size come from timm's reading of the launcher's environment
 (``timm.utils.distributed.world_info_from_env``: torchrun's RANK / LOCAL_RANK / WORLD_SIZE, srun's
-SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS), and the group from timm's ``init_distributed_device_so``.
+SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS), and the group from timm's ``init_distributed_device_so``; a single
+process needs neither, and starts without importing timm.
 """
 
 import atexit
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from timm.utils.distributed import init_distributed_device_so, is_distributed_env
 
 from gal.errors import ConfigError
 
@@ -94,6 +94,15 @@ def _export_slurm_rendezvous() -> None:
     os.environ.setdefault("MASTER_PORT", str(random.Random(job.job_id).randint(20000, 60000)))
 
 
+def launched_as_several() -> bool:
+    """Whether a launcher started several processes: timm.utils.distributed.is_distributed_env's test, torchrun's
+    WORLD_SIZE or else srun's SLURM_NTASKS above 1."""
+    for variable in ("WORLD_SIZE", "SLURM_NTASKS"):
+        if variable in os.environ:
+            return int(os.environ[variable]) > 1
+    return False
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """This process's rank, world size and device; joins the process group on the first call only."""
     global _joined
@@ -106,8 +115,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
             )
         return _joined
     check_local_devices(device_type)
-    if is_distributed_env():
-        _export_slurm_rendezvous()
+    if not launched_as_several():  # what timm's init_distributed_device_so returns for one process
+        _joined = DistInfo(0, 1, torch.device(device_type))
+        return _joined
+    from timm.utils.distributed import init_distributed_device_so
+
+    _export_slurm_rendezvous()
     joined = init_distributed_device_so(device=device_type)
     rank, world, local_rank = joined["global_rank"], joined["world_size"], joined["local_rank"]
     _joined = DistInfo(rank, world, torch.device(joined["device"]), local_rank)

@@ -3,13 +3,13 @@
 A small registry in timm's style maps a config's ``name`` to a builder; adding an optimizer is one
 decorated function. Each builder's keyword defaults are the values the paper's runs used, with their
 source in its docstring; configs/optimizer/<name>.yaml repeats them so a run's config shows them.
+timm and pytorch-optimizer are imported by the builders that use them: a run with torch's own optimizers
+(Table V's Adam) starts without them (timm imports torchvision, seconds on a small CPU).
 """
 
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_optimizer
-import timm.optim
 import torch
 from torch import nn
 from torch.optim import Optimizer
@@ -92,6 +92,8 @@ def decay_groups(module: nn.Module, weight_decay: float) -> ParamGroups:
     """
     no_weight_decay = module.no_weight_decay() if hasattr(module, "no_weight_decay") else ()
     # keywords: the third positional parameter is weight_decay_exclude_1d
+    import timm.optim
+
     return timm.optim.param_groups_weight_decay(module, weight_decay=weight_decay, no_weight_decay_list=no_weight_decay)
 
 
@@ -99,10 +101,9 @@ def decay_groups(module: nn.Module, weight_decay: float) -> ParamGroups:
 def sgd(params: ParamGroups, lr: float, weight_decay: float, momentum: float = 0.9, **kwargs: Any) -> Optimizer:
     """SGD with classical momentum, not Nesterov: the authors' CIFAR code (lr 0.05, momentum 0.9, wd 1e-5).
 
-    timm's registry entry "momentum" is torch.optim.SGD with nesterov=False bound; its "sgd" is Nesterov.
+    timm's registry entry "momentum" is this: torch.optim.SGD with nesterov=False bound (its "sgd" is Nesterov).
     """
-    sgd_class = timm.optim.get_optimizer_class("momentum")
-    return sgd_class(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **kwargs)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=False, **kwargs)
 
 
 @register("lookahead")
@@ -114,51 +115,9 @@ def lookahead(
     Every k steps the slow weights move alpha of the way to the fast ones, and the fast weights
     restart from there (Zhang et al. 2019), in the authors' phase: syncs at steps 1, k+1, 2k+1, ...
     """
+    from gal.lookahead import AuthorsLookahead
+
     return AuthorsLookahead(sgd(params, lr, weight_decay, **sgd_kwargs), alpha=alpha, k=k)
-
-
-class AuthorsLookahead(timm.optim.Lookahead):
-    """timm's Lookahead in the phase and arithmetic of the authors' CIFAR Lookahead.
-
-    cifar/src/lookahead.py (luoyan407/gradient_adjustment commit 77c431b, from alphadl/lookahead.pytorch;
-    cifar/train_cifar.py wraps SGD with k=5, alpha=0.8) tests its counter before counting::
-
-        loss = self.optimizer.step(closure)
-        for group in self.param_groups:
-            if group["counter"] == 0:
-                self.update(group)
-            group["counter"] += 1
-            if group["counter"] >= self.k:
-                group["counter"] = 0
-
-    and ``update`` creates ``slow_param`` as a copy of the fast weights the first time, then does
-    ``slow += (fast.data - slow) * self.alpha; fast.data.copy_(slow)``. So step 1 syncs, a no-op that sets the
-    slow weights to the weights after the first step (phi_0 = theta_1, not Alg. 1's theta_0), and steps
-    k+1, 2k+1, ... sync. timm counts first and syncs at steps k, 2k, ...; ``lookahead_step`` here still counts
-    the steps taken. timm's ``slow.add_(fast - slow, alpha=alpha)`` fuses the multiply-add (one rounding
-    instead of two) and skips params without a grad; ``update_slow`` below does neither, as the authors'.
-    The slow weights stay in the inner optimizer's state as timm's ``lookahead_slow_buff``, and the counter,
-    k and alpha in its param groups, so state_dict() holds them as tensors and numbers.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = self._base_optimizer.step(closure)
-        for group in self._base_optimizer.param_groups:
-            group["lookahead_step"] += 1
-            if (group["lookahead_step"] - 1) % group["lookahead_k"] == 0:  # steps 1, k+1, 2k+1, ...
-                self.update_slow(group)
-        return loss
-
-    @torch.no_grad()
-    def update_slow(self, group: dict[str, Any]) -> None:
-        for fast in group["params"]:
-            state = self._base_optimizer.state[fast]
-            if "lookahead_slow_buff" not in state:
-                state["lookahead_slow_buff"] = fast.detach().clone()
-            slow = state["lookahead_slow_buff"]
-            slow += (fast - slow) * group["lookahead_alpha"]
-            fast.copy_(slow)
 
 
 @register("adabound")
@@ -182,6 +141,8 @@ def adabound(
     The keywords are spelled out because pytorch-optimizer's AdaBound takes ``**kwargs`` and would ignore
     a misspelt key.
     """
+    import pytorch_optimizer
+
     return pytorch_optimizer.AdaBound(
         params,
         lr=lr,
@@ -211,20 +172,22 @@ def rmsproptf(
     train.py's --momentum default; alpha (the decay) 0.9 is what timm's registry binds for "rmsproptf".
     The recipe's lr 0.016 and wd 1e-5 come from the config.
     """
+    import timm.optim
+
     rmsprop_class = timm.optim.get_optimizer_class("rmsproptf")
     return rmsprop_class(params, lr=lr, weight_decay=weight_decay, eps=eps, momentum=momentum, alpha=alpha, **kwargs)
 
 
 @register("adam")
 def adam(params: ParamGroups, lr: float, weight_decay: float, **kwargs: Any) -> Optimizer:
-    """torch Adam from timm's registry (Table V); the paper gives no settings, so torch's defaults apply."""
-    return timm.optim.get_optimizer_class("adam")(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    """torch's Adam, timm's registry entry "adam" (Table V); the paper gives no settings, so torch's defaults apply."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 @register("adamw")
 def adamw(params: ParamGroups, lr: float, weight_decay: float, **kwargs: Any) -> Optimizer:
-    """torch AdamW from timm's registry (Table IV); DETR's lr 1e-4 and wd 1e-4 come from the config."""
-    return timm.optim.get_optimizer_class("adamw")(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    """torch's AdamW, timm's registry entry "adamw" (Table IV); DETR's lr 1e-4 and wd 1e-4 come from the config."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kwargs)
 
 
 @register("adarem")

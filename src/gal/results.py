@@ -120,3 +120,8 @@ class Comparison:
 def mean_std(values: np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """'mae 54.23, mse 4653, r2 0.09262': each metric to 4 significant digits, for the console."""
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())

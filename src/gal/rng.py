@@ -4,8 +4,8 @@ Model and GAL initialisation draw from ``seed`` alone, so every rank starts from
 weights. What a rank draws while training (augmentations, dropout and drop-path masks,
 DataLoader worker seeds, GAL's random adjustments) comes from ``seed + rank``, so ranks do not
 repeat each other's draws; the data order stays a function of (seed, epoch) through each task's
-DistributedSampler. Seeding is timm's ``random_seed(seed, rank)`` (torch, numpy and Python's
-``random``); a checkpoint keeps every rank's generators so each rank resumes its own.
+DistributedSampler. Seeding is :func:`random_seed`, timm's (torch, numpy and Python's ``random``); a checkpoint
+keeps every rank's generators so each rank resumes its own.
 """
 
 import random
@@ -13,6 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+
+
+def random_seed(seed: int, rank: int = 0) -> None:
+    """timm.utils.random_seed, line for line (timm/utils/random.py): importing timm for it would cost a run that
+    needs no timm model a few seconds of start-up (timm imports torchvision)."""
+    torch.manual_seed(seed + rank)
+    np.random.seed(seed + rank)
+    random.seed(seed + rank)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

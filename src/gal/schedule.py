@@ -1,10 +1,13 @@
 """Learning-rate schedules from timm's scheduler factory (stepped per epoch and per update)."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
-from timm.scheduler import create_scheduler_v2
-from timm.scheduler.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from timm.scheduler.scheduler import Scheduler
 
 
 def build_scheduler(
@@ -16,6 +19,8 @@ def build_scheduler(
     """
     if name is None:
         return None
+    from timm.scheduler import create_scheduler_v2  # here: a constant lr needs no timm (nor its torchvision)
+
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=name, num_epochs=epochs, updates_per_epoch=steps_per_epoch, **kwargs
     )

@@ -5,25 +5,26 @@ model, the injection point z with its loss and its metrics; ``GradientAdjuster.b
 replaces ``loss.backward()`` when GAL is on. Runs under torchrun unchanged.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from timm.scheduler.scheduler import Scheduler
-from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
@@ -34,11 +35,15 @@ from gal.errors import ConfigError, RunExistsError, SetupError
 from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import METRICS_FILE, environment, keep_best, write_json
-from gal.rng import rng_state, set_rng_state
+from gal.results import METRICS_FILE, environment, format_metrics, keep_best, write_json
+from gal.rng import random_seed, rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler
 from gal.tasks import Task
+
+if TYPE_CHECKING:  # timm (and torchvision, which it imports) only for the runs that use it
+    from timm.scheduler.scheduler import Scheduler
+    from timm.utils import ModelEmaV3
 
 log = logging.getLogger("gal.train")
 OPTIONAL_STATE = ("adjuster", "scheduler", "ema", "oscillation")  # Trainee parts a checkpoint holds when present
@@ -282,28 +287,32 @@ def _train(
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     try:
-        for epoch in range(start_epoch, epochs):
-            set_epoch(train_loader, epoch)
-            step = train_one_epoch(trainee, task, train_loader, runlog, epoch, step, cfg.trainer.log_every, progress)
-            check_weights_finite(epoch, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
-            if trainee.scheduler is not None:
-                trainee.scheduler.step(epoch + 1)
-            if hasattr(trainee.optimizer, "epoch_end"):  # AdaRem decays its lambda once per epoch
-                trainee.optimizer.epoch_end()
-            if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+        with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
+            for epoch in range(start_epoch, epochs):
+                set_epoch(train_loader, epoch)
+                log_every = cfg.trainer.log_every
+                step = train_one_epoch(trainee, task, train_loader, runlog, epoch, step, log_every, progress)
+                check_weights_finite(epoch, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
+                if trainee.scheduler is not None:
+                    trainee.scheduler.step(epoch + 1)
+                if hasattr(trainee.optimizer, "epoch_end"):  # AdaRem decays its lambda once per epoch
+                    trainee.optimizer.epoch_end()
+                if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+                    metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
+                    if trainee.oscillation is not None:
+                        metrics["oscillation_q"] = trainee.oscillation.value().item()
+                    runlog.log_epoch(epoch, step, metrics)
+                    best = keep_best(best, metrics, epoch, task.objective)
+                    if dist_info.is_main:
+                        log.info("epoch %d/%d: %s", epoch + 1, epochs, format_metrics(metrics))
+                if cfg.trainer.checkpoint:
+                    every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
+                    if dist_info.is_main:
+                        state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best)
+                        save_checkpoint(state, checkpoint_path)
+            if not metrics:  # resumed a finished run, or trained no epochs (evaluating a checkpoint)
                 metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
-                if trainee.oscillation is not None:
-                    metrics["oscillation_q"] = trainee.oscillation.value().item()
-                runlog.log_epoch(epoch, step, metrics)
-                best = keep_best(best, metrics, epoch, task.objective)
-            if cfg.trainer.checkpoint:
-                every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
-                if dist_info.is_main:
-                    state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best)
-                    save_checkpoint(state, checkpoint_path)
-        if not metrics:  # resumed a finished run, or trained no epochs (evaluating a checkpoint)
-            metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
-            best = best or keep_best(None, metrics, start_epoch - 1, task.objective)
+                best = best or keep_best(None, metrics, start_epoch - 1, task.objective)
     finally:
         progress.close()
         runlog.close()
@@ -319,7 +328,9 @@ def _train(
             "environment": environment(dist_info.device, dist_info.world_size),
         }
         write_json(summary, run_dir / METRICS_FILE)
-        log.info("%s: %s", run_dir, metrics)
+        name, _ = task.objective
+        best_line = f"; best {name} {best['metrics'][name]:.4g} at epoch {best['epoch'] + 1}" if best else ""
+        log.info("%s: %s%s", run_dir, format_metrics(metrics), best_line)
     return metrics
 
 
@@ -338,7 +349,11 @@ def _build_trainee(
     model_groups = task.param_groups(model) if hasattr(task, "param_groups") else model
     optimizer = build_optimizer(model_groups, adjuster, gal_lr=cfg.gal.lr, **OmegaConf.to_container(cfg.optimizer))
     scheduler = build_scheduler(optimizer, epochs, steps_per_epoch, **OmegaConf.to_container(cfg.scheduler))
-    ema = ModelEmaV3(model, decay=trainer.ema_decay) if trainer.ema_decay else None
+    ema = None
+    if trainer.ema_decay:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=trainer.ema_decay)
     configure_backends(device, getattr(task, "input_sizes_vary", False), trainer.tf32, trainer.deterministic)
     trained = DistributedDataParallel(model) if dist_info.world_size > 1 else model
     if trainer.compile:
@@ -415,19 +430,28 @@ OmegaConf.register_new_resolver("objective_direction", lambda target: task_objec
 def run(cfg: DictConfig) -> float:
     """Hydra's task function: train one run and return the task's objective metric (for sweepers).
 
-    A :class:`gal.errors.SetupError` (a setting or file to fix) ends the command with one line, ``error: ...``.
+    A :class:`gal.errors.SetupError` (a setting or file to fix) ends the command with one line, ``error: ...``;
+    in a ``--multirun`` it refuses this job only, and the sweep ends with status 1 after its summary (gal.sweep).
+    A diverged or refused run returns the worst value for the task's direction (inf when minimising).
 
     It lives here, not in ``__main__``, so that launchers that pickle it (submitit) do so by reference.
     """
-    metric, _ = task_objective(cfg.task._target_)
+    from gal import sweep
+
+    metric, direction = task_objective(cfg.task._target_)
     try:
         metrics = train(cfg)
     except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        # every process of a torchrun job meets the same error: the first one says it
-        raise SystemExit(f"error: {error}" if os.environ.get("RANK", "0") == "0" else 1) from None
-    return float(metrics.get(metric, math.nan))  # NaN for a diverged run: Optuna marks the trial failed
+        if not sweep.goes_on():
+            # every process of a torchrun job meets the same error: the first one says it
+            raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
+        sweep.refuse(cfg.run_dir, error)  # a --multirun runs its other jobs; gal.sweep.SweepSummary lists this one
+        metrics = {}
+    value = float(metrics.get(metric, math.nan))
+    # a diverged or refused run scores the worst value: hydra-optuna-sweeper stops the whole search on a NaN
+    return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
 
 
 # An absolute path: Hydra would look for a relative one inside the package when the entry point is a module

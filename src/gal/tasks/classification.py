@@ -5,7 +5,9 @@ and the mean loss over the evaluation split, summed across ranks under torchrun.
 """
 
 import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import timm
 import torch
@@ -60,22 +62,61 @@ def create_model(
     if "." in name and name not in timm.list_pretrained(name):
         tags = timm.list_pretrained(f"{name.split('.')[0]}.*")
         raise ConfigError(f"timm has no pretrained tag {name!r}; its tags: {', '.join(tags) or 'none'}")
+    hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
     if pretrained_file is not None:
         if not os.path.isfile(pretrained_file):
             raise ConfigError(f"task.model.pretrained_file={pretrained_file} is not a file")
         kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(pretrained_file)}
+    elif pretrained and (unreachable := hub_unreachable()) is not None:
+        # no network: the cached file if there is one, else the error now (huggingface_hub would back off and
+        # retry for over a minute before failing)
+        if (cached := cached_hub_weights(hub_id)) is None:
+            raise WeightsUnavailableError(_no_weights(name, hub_id, f"the hub is unreachable: {unreachable}"))
+        kwargs["pretrained_cfg_overlay"] = {"file": cached}
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except Exception as error:
         if not pretrained:
             raise
-        hub_id = getattr(get_pretrained_cfg(name), "hf_hub_id", None) or f"timm/{name}"
-        raise WeightsUnavailableError(
-            f"could not load the pretrained weights of {name!r} ({type(error).__name__}: {error}). Either put them "
-            f"in the Hugging Face cache ($HF_HOME; on a machine online: `huggingface-cli download {hub_id}`, then "
-            "copy the cache over), or download the file and pass task.model.pretrained_file=PATH; or train from "
-            "scratch with task.model.pretrained=false"
-        ) from error
+        raise WeightsUnavailableError(_no_weights(name, hub_id, f"{type(error).__name__}: {error}")) from error
+
+
+def _no_weights(name: str, hub_id: str, reason: str) -> str:
+    return (
+        f"could not load the pretrained weights of {name!r} ({reason}). Either put them in the Hugging Face "
+        f"cache ($HF_HOME; on a machine online: `huggingface-cli download {hub_id}`, then copy the cache over), "
+        "or download the file and pass task.model.pretrained_file=PATH; or train from scratch with "
+        "task.model.pretrained=false"
+    )
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str | None:
+    """Why the Hugging Face hub ($HF_ENDPOINT) cannot be reached, or None: reachable, or left to huggingface_hub
+    (HF_HUB_OFFLINE set, which it honours at once; a proxy, which only it can try)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return None
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as error:
+        return f"{host}:{port}: {error}"
+    return None
+
+
+def cached_hub_weights(hub_id: str) -> str | None:
+    """The weights file timm would load for ``hub_id`` from the Hugging Face cache ($HF_HOME / $HF_HUB_CACHE),
+    without the network: model.safetensors, else pytorch_model.bin (timm's _hub.load_state_dict_from_hf)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = hub_id.partition("@")
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(path, str):
+            return path
+    return None
 
 
 class ClassificationTask:

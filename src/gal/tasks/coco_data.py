@@ -137,7 +137,7 @@ def _missing_message(missing: Path, img_folder: Path, ann_file: Path) -> str:
         f"Download the 2017 train/val images and annotations from https://cocodataset.org/#download and "
         f"extract them so that {root}/train2017/, {root}/val2017/ and "
         f"{root}/annotations/instances_{{train,val}}2017.json exist, or set task.root=... to the folder "
-        "that holds them (scripts/make_synthetic_coco.py writes a toy set in the same layout)"
+        "that holds them (scripts/make_synthetic_data.py coco writes a toy set in the same layout)"
     )
 
 

@@ -1,0 +1,307 @@
+"""Sweeps that finish: a ``--multirun`` goes past a job that cannot start, and ends with one table.
+
+    python -m gal --multirun task=diabetes gal=off,on seed=0,1,2
+
+A job that meets a :class:`gal.errors.SetupError` (its run exists and ``trainer.if_exists=error``, another
+process holds it, a setting out of range) is refused: ``error: <run dir>: <reason>`` on one line, and the
+sweep goes on with the next job (``gal.train.run`` calls :func:`refuse`). A setting that every job shares
+is thus said once per job, each job stopping before any data is loaded. At the end :class:`SweepSummary`
+(a Hydra callback, ``hydra.callbacks.summary`` in configs/config.yaml) prints one table, per arm (the jobs
+whose overrides agree but for ``seed``, named by the overrides that differ between arms), of the last
+evaluation's metrics (metrics.json's ``metrics``) as mean ± sample std over the seeds that finished, the
+task's objective first, with the diverged seeds and the refused and failed jobs counted; a search (the
+Optuna sweeper) lists its trials best first. Then, if a job was refused or failed, it lists them and the
+command exits with status 1. A single run (no ``--multirun``) stops at its error, as before. Any other
+error (a bug, a NaN loss under ``trainer.on_nonfinite=error``) fails its job as Hydra has it: the sweeper
+stops with its traceback once the job's batch is done (a crash differs between torchrun's ranks, which must
+not go on apart); its record says so (``failed``).
+
+Where it is written: ``<hydra.sweep.dir>/sweeps/<start time>/`` (``summary.md``, ``summary.json`` and
+``jobs/<n>.json``, each job's record), e.g. results/runs/sweeps/2026-12-03_08-44-30/. A folder per sweep,
+named by its start as Hydra names its own multirun folders (with ``-2``, ``-3`` ... when sweeps start in
+the same second: ``make -j`` starts several): every sweep of the project shares hydra.sweep.dir
+(results/runs), and sweeps over the same arms share the runs' common folder, so a fixed file name there
+would be overwritten by the next sweep; a folder of its own beside the runs' experiment folders is never
+read as one (make_tables lists the folders under runs/<experiment>/). ``hydra.callbacks.summary.folder=...``
+moves it.
+
+Under submitit (hydra/launcher=slurm) each job's ``on_job_end`` runs in the job's process: it writes the
+job's record into the sweep's folder (a shared file system, as submitit's own folder needs), and
+``on_multirun_end``, on the submitting host, reads the records and each run's metrics.json. Under torchrun or
+srun every process runs the sweep; the first one (RANK or SLURM_PROCID 0) prints and writes.
+"""
+
+import atexit
+import json
+import math
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from gal.storage import write_atomically
+
+# ${zero_padded:${hydra.job.num}} -> "007": a search's trial folders list in trial order (configs/hparams_search/)
+OmegaConf.register_new_resolver("zero_padded", lambda number, width=3: f"{int(number):0{int(width)}d}", replace=True)
+
+_refused: dict[str, str] = {}  # run dir -> reason, from refuse() to SweepSummary.on_job_end, in the job's process
+
+
+def first_process() -> bool:
+    """Whether this is the process that speaks for a torchrun or srun job (rank 0, or a single process)."""
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def goes_on() -> bool:
+    """Whether a job of this process may be refused without stopping its sweep: a ``--multirun`` whose end
+    :class:`SweepSummary` reports (and sets the exit status of)."""
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    targets = [callback.get("_target_") for callback in (hydra_cfg.callbacks or {}).values()]
+    return hydra_cfg.mode == RunMode.MULTIRUN and f"{__name__}.SweepSummary" in targets
+
+
+def refuse(run_dir: str, error: Exception) -> None:
+    """Say why the job of ``run_dir`` does not run (one line), keep the reason for the sweep's summary, and
+    remove the empty folders Hydra made for it (a run's own files are never touched)."""
+    reason = _reason(run_dir, error)
+    _refused[str(run_dir)] = reason
+    if first_process():
+        print(f"error: {run_dir}: {reason}", file=sys.stderr, flush=True)
+        _remove_empty(Path(run_dir), Path(HydraConfig.get().sweep.dir))
+
+
+def _reason(run_dir: str, error: Exception) -> str:
+    """The error's message without its leading run dir (the line names it already)."""
+    message, prefix = str(error), str(Path(run_dir))
+    return message.removeprefix(f"{prefix}/").removeprefix(f"{prefix} ") or type(error).__name__
+
+
+def _remove_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents below ``stop`` while they are empty."""
+    stop = stop.resolve()
+    folder = folder.resolve()
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (a run's files, or another sweep's job), or gone
+            return
+        folder = folder.parent
+
+
+class SweepSummary(Callback):
+    """Records each job of a ``--multirun`` and prints and writes the sweep's table at its end (module docstring).
+
+    ``folder``: where each sweep makes its own folder, named by its start time.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.sweep_folder: Path | None = None  # made by on_multirun_start; travels to submitit's jobs with self
+        self.refused_here = 0  # this process's refused jobs (every torchrun rank counts its own)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if first_process():
+            self.sweep_folder = _new_folder(self.folder, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+            # a sweep stopped before its first job (a launcher's error, Ctrl-C) leaves no empty folder
+            atexit.register(_remove_empty, self.sweep_folder, self.folder.parent)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        run_dir = str(config.run_dir)
+        reason = _refused.pop(run_dir, None)
+        self.refused_here += reason is not None
+        if self.sweep_folder is None or not first_process():
+            return
+        record = {
+            "job": int(config.hydra.job.num),
+            "overrides": list(job_return.overrides or []),
+            "run_dir": run_dir,
+            "path": os.path.abspath(run_dir),
+            "objective": _objective(config.task._target_),
+            "status": "refused" if reason is not None else "done",
+            "reason": reason,
+        }
+        if job_return.status == JobStatus.FAILED:  # raised (not a SetupError): Hydra's sweepers stop after it
+            try:
+                job_return.return_value  # noqa: B018  (re-raises the job's error)
+            except Exception as error:  # noqa: BLE001
+                record.update(status="failed", reason=f"{type(error).__name__}: {error}".splitlines()[0])
+        _write_json(record, self.sweep_folder / "jobs" / f"{record['job']}.json")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not first_process():
+            if self.refused_here:
+                raise SystemExit(1)  # every process of the job met the same refusals; the first one says them
+            return
+        if self.sweep_folder is None:
+            return
+        records = [json.loads(p.read_text()) for p in (self.sweep_folder / "jobs").glob("*.json")]
+        if not records:
+            print(f"no job of this sweep left a record in {self.sweep_folder / 'jobs'}")
+            return
+        search = "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_"))
+        summary = summarise(sorted(records, key=lambda r: r["job"]), search)
+        text = table(summary)
+        _write_json(summary, self.sweep_folder / "summary.json")
+        write_atomically(self.sweep_folder / "summary.md", lambda file: file.write(f"{text}\n".encode()))
+        print(f"\n{text}\n\nsummary: {self.sweep_folder / 'summary.md'}", flush=True)
+        stopped = [job for job in summary["jobs"] if job["status"] in ("refused", "failed")]
+        if stopped:
+            for job in stopped:
+                print(f"{job['status']}: {job['run_dir']}: {job['reason']}", file=sys.stderr)
+            raise SystemExit(f"error: {len(stopped)} of {len(records)} jobs did not finish (listed above)")
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    """``parent/name``, or ``name-2``, ``name-3`` ... when another sweep took it first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        folder = parent / (name if attempt == 1 else f"{name}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent / name}: too many sweeps started in that second")
+
+
+def _objective(task_target: str) -> list[str] | None:
+    """[metric, direction] the task's class optimises (gal.train.task_objective), None if it cannot be read."""
+    try:
+        return list(get_class(task_target).objective)
+    except Exception:  # noqa: BLE001  (a job whose task does not load is refused or failed already)
+        return None
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    write_atomically(path, lambda file: file.write(text))
+
+
+def _outcome(record: dict[str, Any]) -> dict[str, Any]:
+    """The job's record with what its run dir holds now: status done | diverged | refused | failed, metrics."""
+    from gal.results import METRICS_FILE  # gal.results imports torch: not at Hydra's start, where this loads
+
+    job = {**record, "metrics": {}}
+    if job["status"] != "done":
+        return job
+    metrics_file = Path(job["path"]) / METRICS_FILE
+    if not metrics_file.exists():
+        return {**job, "status": "failed", "reason": f"no {METRICS_FILE} after the job"}
+    saved = json.loads(metrics_file.read_text())
+    if "diverged" in saved:
+        return {**job, "status": "diverged", "reason": saved["diverged"]}
+    return {**job, "metrics": saved.get("metrics", {})}
+
+
+def _arm_key(overrides: list[str]) -> tuple[str, ...]:
+    return tuple(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+def summarise(records: list[dict[str, Any]], search: bool = False) -> dict[str, Any]:
+    """Per arm: n (seeds that finished), mean and std (ddof=1, gal.results.mean_std) of each metric over them,
+    diverged, refused and failed counts; ``search``: one arm per job (trial), best first by the objective."""
+    import numpy as np
+
+    from gal.results import mean_std
+
+    jobs = [_outcome(record) for record in records]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for job in jobs:
+        groups.setdefault((job["job"],) if search else _arm_key(job["overrides"]), []).append(job)
+    names = _arm_names([_arm_key(members[0]["overrides"]) for members in groups.values()])
+    arms = []
+    for name, members in zip(names, groups.values()):
+        finished = [job for job in members if job["status"] == "done"]
+        metric_names = list(dict.fromkeys(key for job in finished for key in job["metrics"]))
+        stats = {}
+        for metric in metric_names:
+            values = np.array([job["metrics"].get(metric, math.nan) for job in finished], dtype=float)
+            mean, std = mean_std(values)
+            stats[metric] = {"mean": mean, "std": std, "values": values.tolist()}
+        status = [job["status"] for job in members]
+        arms.append(
+            {
+                "arm": f"trial={members[0]['job']:03d} {name}".strip() if search else name,
+                "overrides": list(_arm_key(members[0]["overrides"])),
+                "objective": next((job["objective"] for job in members if job["objective"]), None),
+                "n": len(finished),
+                "metrics": stats,
+                **{count: status.count(count) for count in ("diverged", "refused", "failed")},
+                "run_dirs": [job["run_dir"] for job in members],
+            }
+        )
+    if search:
+        arms.sort(key=_rank)
+    return {"search": search, "arms": arms, "jobs": jobs}
+
+
+def _rank(arm: dict[str, Any]) -> tuple[bool, float]:
+    """Sort key, best first: the objective's mean in its direction; arms without it last."""
+    metric, direction = arm["objective"] or (None, "minimize")
+    value = arm["metrics"].get(metric, {}).get("mean", math.nan)
+    return math.isnan(value), value if direction == "minimize" else -value
+
+
+def _arm_names(keys: list[tuple[str, ...]]) -> list[str]:
+    """Each arm by the overrides that differ between arms ("gal=on", "gal.alpha=0.1"); "all" for a single arm."""
+    parsed = [dict(o.split("=", 1) if "=" in o else (o, "") for o in key) for key in keys]
+    order = list(dict.fromkeys(name for overrides in parsed for name in overrides))
+    differing = [name for name in order if len({overrides.get(name) for overrides in parsed}) > 1]
+    names = [" ".join(f"{k}={_short(o[k])}" for k in differing if k in o) for o in parsed]
+    return [name or "all" for name in names]
+
+
+def _short(value: str) -> str:
+    """A float as 4 significant digits (an Optuna trial's 0.010716295704927558 -> 0.01072); others unchanged."""
+    if not any(c in value for c in ".eE") or value.lower() in ("nan", "inf", "-inf"):
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The summary as a markdown table, values to 4 significant digits."""
+    arms = summary["arms"]
+    objectives = list(dict.fromkeys(arm["objective"][0] for arm in arms if arm["objective"]))
+    metrics = list(dict.fromkeys([*objectives, *(metric for arm in arms for metric in arm["metrics"])]))
+    header = ["trial" if summary["search"] else "arm", "n", *metrics, "diverged", "refused", "failed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for arm in arms:
+        cells = [_cell(arm["metrics"].get(metric), arm["n"]) for metric in metrics]
+        counts = [str(arm[count]) for count in ("diverged", "refused", "failed")]
+        lines.append("| " + " | ".join([arm["arm"], str(arm["n"]), *cells, *counts]) + " |")
+    goal = ", ".join(f"{a['objective'][0]} ({a['objective'][1]})" for a in _unique_objectives(arms))
+    note = (
+        f"Objective: {goal or 'unknown'}. Last evaluation of each run (metrics.json), mean ± sample std (ddof=1) "
+        "over the seeds that finished (n); diverged seeds, refused and failed jobs are counted apart."
+    )
+    return "\n".join([*lines, "", note])
+
+
+def _unique_objectives(arms: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        if arm["objective"]:
+            seen.setdefault(arm["objective"][0], arm)
+    return list(seen.values())
+
+
+def _cell(stats: dict[str, Any] | None, n: int) -> str:
+    if not stats:
+        return ""
+    return f"{stats['mean']:.4g}" if n == 1 else f"{stats['mean']:.4g} ± {stats['std']:.4g}"
