@@ -37,7 +37,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
-	digits eq7 confirm bench bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
+	digits eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
 	clean-venv
 
 help:  ## this list
@@ -110,7 +110,32 @@ reproduce-digits: venv  ## digits (small CNN, real data) baseline vs GAL, 5 seed
 	$(MAKE) --no-print-directory -j$(JOBS) digits-runs/off digits-runs/on
 	$(PY) scripts/make_tables.py digits
 
-# Eq. 7 as the paper writes it (issue 13): GAL with the exact first-order term ("taylor") in float64 and in float32,
+# Where to inject (gal.at): GAL at the classifier's input and at the first hidden layer (module:1: the MLPs' first
+# ReLU, the digits CNN's first conv block), beside the logits' runs (Table V's, digits'), 5 seeds each, then the
+# table and the figure. where-runs/<experiment>/<point>, point = pre_logits | first_hidden.
+WHERE_AT = $(if $(filter first_hidden,$(1)),module:1,$(1))
+where-runs/%: venv
+	$(ONE_THREAD) $(RUN) experiment=$(word 1,$(subst /, ,$*)) gal=on gal.at=$(call WHERE_AT,$(word 2,$(subst /, ,$*))) \
+	  name=where_to_inject/$(word 2,$(subst /, ,$*)) seed=$(REGRESSION_SEEDS) $(ARGS) || echo "where $* did not finish"
+WHERE_RUNS := $(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,$(foreach p,pre_logits first_hidden,where-runs/$(e)/$(p)))
+LOGITS_RUNS := $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) digits-runs/off digits-runs/on
+
+where-to-inject: venv  ## GAL at the logits vs the classifier's input vs the first hidden layer (regression + digits, 5 seeds)
+	$(MAKE) --no-print-directory -j$(JOBS) $(LOGITS_RUNS) $(WHERE_RUNS)
+	$(PY) scripts/make_tables.py where_to_inject
+	$(PY) scripts/make_figures.py --only where_to_inject
+
+where-to-inject-confirm: venv  ## the same with seeds 0-19
+	$(MAKE) --no-print-directory -j$(JOBS) REGRESSION_SEEDS=$(CONFIRM_SEEDS) $(LOGITS_RUNS) $(WHERE_RUNS)
+	$(PY) scripts/make_tables.py where_to_inject
+	$(PY) scripts/make_figures.py --only where_to_inject
+
+# The paper's setting on GPUs (not run on the CPU): CIFAR-100, EfficientNet-B1, SGD, GAL at the logits vs pre-logits
+where-to-inject-cifar100: venv  ## CIFAR-100 EfficientNet-B1 SGD with GAL at the logits and at pre-logits (GPUs)
+	$(TRAIN) --multirun experiment=table2_cifar100_sgd gal=on gal.at=logits,pre_logits \
+	  'name=where_to_inject_cifar100/$${gal.at}' seed=$(IMAGE_SEEDS) trainer.if_exists=skip $(ARGS)
+
+# Eq. 7 as the paper writes it: GAL with the exact first-order term ("taylor") in float64 and in float32,
 # beside the baseline and the authors' term (the Table V and digits runs above), 5 seeds each; then the alpha and
 # beta ablations under the three GAL arms (the authors' term: the `make ablations` runs), the toy problem under
 # each, the table and the figure.
@@ -128,7 +153,7 @@ eq7-sweep/%: venv
 	  $(call eq7_args,$(word 3,$(subst /, ,$*))) \
 	  'name="eq7_$(word 3,$(subst /, ,$*))_$(word 1,$(subst /, ,$*))/$(word 1,$(subst /, ,$*))=$${gal.$(word 1,$(subst /, ,$*))}"' \
 	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "eq7 sweep $* did not finish (see above)"
-EQ7_RUNS := $(foreach d,$(TABLE5_DATASETS),table5-runs/$(d)/off table5-runs/$(d)/on) digits-runs/off digits-runs/on \
+EQ7_RUNS := $(LOGITS_RUNS) \
 	$(foreach e,$(addprefix table5_,$(TABLE5_DATASETS)) digits,$(foreach v,taylor64 taylor32,eq7-runs/$(e)/$(v)))
 
 eq7: venv  ## Eq. 7's exact term vs the authors' (Table V sets, digits, alpha/beta ablations, the toy), 5 seeds
@@ -138,7 +163,7 @@ eq7: venv  ## Eq. 7's exact term vs the authors' (Table V sets, digits, alpha/be
 	$(PY) scripts/make_tables.py eq7
 	$(PY) scripts/make_figures.py  # results/figures/eq7_diagnostics.png, with the other figures
 
-# Conclusions that survive another machine (issue 13, item 5): the runs behind the README's claims with seeds 0-19,
+# Conclusions that survive another machine: the runs behind the README's claims with seeds 0-19,
 # one thread per job, $(JOBS) at a time; the tables put the 20-seed means and t-tests beside the 5-seed ones.
 # The alpha ablation (under the three GAL arms) and digits' random one run 20 seeds (random's other tasks 5,
 # the table's rows); AdaRem's grid runs 5 seeds, which pick each optimizer's best lr per task, and those 12

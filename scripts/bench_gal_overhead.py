@@ -11,6 +11,11 @@ step's extra cost is below the whole step's noise (a ResNet), ``float64_cost`` m
 directly: the GAL step alone (``adj.backward`` on a fixed z) in float64 minus in float32, as a
 fraction of the whole GAL training step.
 
+``injection_points``: the GAL-on / GAL-off step-time ratio per injection point (``gal.at``; src/gal/inject.py) on
+the ResNet-18 case and the digits CNN, all arms interleaved as above: ``logits`` (the paper's), ``pre_logits`` (the
+classifier alone re-run per GAL evaluation) and an earlier block (``module:layer3`` / ``module:4``: the whole model
+re-run, its layers before z without a graph). Target: ``pre_logits`` within 1% of ``logits`` at ResNet scale.
+
     python scripts/bench_gal_overhead.py            # writes results/bench/gal_overhead.json
 """
 
@@ -32,11 +37,14 @@ from torch import Tensor, nn
 
 from gal.adjuster import GradientAdjuster
 from gal.benchmarking import machine_record, pick_device
+from gal.inject import Injection
+from gal.models.cnn import DigitsCNN
 from gal.models.mlp import MLP
 from gal.results import write_json
 
 BLOCK = 5  # steps per arm before switching; small enough to interleave finely
 TARGET = {"case": "resnet18_64px_100cls", "max_ratio": 1.05}
+POINTS_TARGET = {"case": "resnet18_64px_100cls", "point": "pre_logits", "max_ratio_to_logits": 1.01}
 
 
 @dataclass
@@ -182,6 +190,70 @@ def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
     }
 
 
+class _Classification:
+    """The classification task's step for the injection-point arms: cross-entropy on model(images)."""
+
+    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
+        images, labels = batch
+        return model(images), lambda logits: nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+def bench_points(name: str, build: Callable[[], nn.Module], x: Tensor, y: Tensor, points: list[str], steps: int,
+                 warmup: int) -> dict:  # fmt: skip
+    """Median step time without GAL and with GAL at each point, all arms from the same weights, interleaved."""
+    torch.manual_seed(0)
+    base_model, task, device = build().to(x.device), _Classification(), x.device
+    arms: dict[str, Callable[[], None]] = {}
+    for point in ["off", *points]:
+        model = copy.deepcopy(base_model)
+        injection = None if point in ("off", "logits") else Injection(point, model, task, (x, y))
+        dim = injection.feature_dim if injection else model(x[:1]).shape[-1]
+        adj = None if point == "off" else GradientAdjuster(dim, arch=(256, 64, 32), alpha=0.01, beta=1.0).to(device)
+        groups = [{"params": model.parameters()}, *([{"params": adj.parameters()}] if adj else [])]
+        opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+
+        def step(model=model, adj=adj, opt=opt, injection=injection) -> None:
+            opt.zero_grad(set_to_none=True)
+            if injection is not None:
+                z, loss_fn, other = injection.features_and_loss(task, model, (x, y))
+                adj.backward(z, loss_fn, 0.05, other_loss=other)
+            else:
+                z, loss_fn = task.features_and_loss(model, (x, y))
+                loss_fn(z).mean().backward() if adj is None else adj.backward(z, loss_fn, 0.05)
+            opt.step()
+
+        arms[point] = step
+    for step in arms.values():
+        timed(step, warmup, device)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    while len(times["off"]) < steps:
+        n = min(BLOCK, steps - len(times["off"]))
+        for arm, step in arms.items():
+            times[arm] += timed(step, n, device)
+    medians = {arm: summary(t)["median_ms"] for arm, t in times.items()}
+    return {
+        "name": name,
+        "batch": len(x),
+        "median_ms": medians,
+        "ratio_to_gal_off": {p: medians[p] / medians["off"] for p in points},
+        "ratio_to_logits": {p: medians[p] / medians["logits"] for p in points},
+        "steps": steps,
+    }
+
+
+def injection_point_cases(device: torch.device, resnet_batch: int, steps: int, warmup: int) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(resnet_batch, 3, 64, 64, generator=g).to(device)
+    digits = torch.randn(64, 1, 8, 8, generator=g).to(device)
+    resnet = partial(timm.create_model, "resnet18", pretrained=False, num_classes=100)
+    return [
+        bench_points(TARGET["case"], resnet, images, torch.randint(0, 100, (resnet_batch,), generator=g).to(device),
+                     ["logits", "pre_logits", "module:layer3"], steps, warmup),
+        bench_points("digits_cnn", DigitsCNN, digits, torch.randint(0, 10, (64,), generator=g).to(device),
+                     ["logits", "pre_logits", "module:4"], steps, warmup),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
@@ -197,12 +269,20 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]  # other processes on the machine inflate times (and noise) of both arms
     results = [bench(case, device, args.steps, args.warmup) for case in make_cases(resnet_batch)]
+    points = injection_point_cases(device, resnet_batch, args.steps, args.warmup)
     target = next(r for r in results if r["name"] == TARGET["case"])
+    to_logits = next(r for r in points if r["name"] == POINTS_TARGET["case"])["ratio_to_logits"]["pre_logits"]
     report = {
         **machine_record(device),
         "load_avg_1m": {"start": load_before, "end": os.getloadavg()[0]},
         "cases": results,
         "target": {**TARGET, "ratio": target["ratio"], "met": target["ratio"] <= TARGET["max_ratio"]},
+        "injection_points": points,
+        "injection_points_target": {
+            **POINTS_TARGET,
+            "ratio_to_logits": to_logits,
+            "met": to_logits <= POINTS_TARGET["max_ratio_to_logits"],
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_json(report, Path(args.out))
@@ -216,8 +296,13 @@ def main() -> None:
             f"{r['name']:<22}{r['shapes']['batch']:>6}{base:>10.2f}{gal:>10.2f}{ratio:>8.3f}{gal64:>10.2f}"
             f"{ratio64:>8.3f}{cost:>10.2%}"
         )
+    for r in points:
+        ratios = ", ".join(f"{p} {ratio:.3f}" for p, ratio in r["ratio_to_gal_off"].items())
+        print(f"{r['name']:<22} GAL on / off by gal.at: {ratios}")
     verdict = "met" if report["target"]["met"] else "NOT met"
     print(f"target ratio <= {TARGET['max_ratio']} on {TARGET['case']}: {verdict}; wrote {args.out}")
+    verdict = "met" if report["injection_points_target"]["met"] else "NOT met"
+    print(f"target pre_logits / logits <= {POINTS_TARGET['max_ratio_to_logits']}: {to_logits:.3f}, {verdict}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Draw the logged curves (Figs. 5, 6, 8b) and write Table VII (training time, baseline vs GAL).
 
-    python scripts/make_figures.py [--results results] [--out results/figures] [--only curves ablations eq7 table7]
+    python scripts/make_figures.py [--results results] [--out results/figures] [--only curves ablations ...]
 
 One PNG per run set results/runs/<experiment>/<task>/<optimizer>/ that has both a gal=off and a
 gal=on arm, from the runs' log.jsonl files: curves_<experiment>_<task>_<optimizer>.png with
@@ -40,7 +40,7 @@ ARM_LABEL = {"off": "baseline", "on": "GAL"}
 # Fig. 5: GAL dashed over a wide, pale baseline, so both show where the curves coincide
 CURVE_STYLE = {"off": {"color": "tab:blue", "ls": "-", "lw": 3.0, "alpha": 0.5},
                "on": {"color": "tab:red", "ls": "--", "lw": 1.3, "alpha": 1.0}}  # fmt: skip
-OUTPUTS = ("curves", "ablations", "eq7", "table7")
+OUTPUTS = ("curves", "ablations", "where_to_inject", "eq7", "table7")
 PAPER_TABLE7 = [  # paper Table VII: training time per image, seconds
     ("ImageNet", "0.3907", "0.4027", "+3.1%"),
     ("CIFAR-10", "0.5292", "0.5444", "+2.9%"),
@@ -229,6 +229,38 @@ def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
     return True
 
 
+def plot_where_to_inject(results_dir: Path, path: Path) -> bool:
+    """GAL's final metric per injection point and task (mean ± std over seeds, dots: seeds) against the baseline
+    (blue, dashed); False when no point has runs beyond the logits'."""
+    rows, points = make_tables.ABLATION_ROWS, make_tables.WHERE_POINTS
+    found = False
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.2), squeeze=False)
+    for ax, (row, metric) in zip(axes[0], rows):
+        key, title, _ = metric
+        baseline = make_tables.collect(results_dir, row, "off", [metric])[key]
+        if len(baseline):
+            ax.axhline(np.mean(baseline), color="tab:blue", ls="--", lw=1, label="baseline (mean)")
+        for x, (_, _, folder) in enumerate(points):
+            point_row = row if folder is None else make_tables.Row(row.title, f"where_to_inject/{folder}", row.task,
+                                                                   row.optimizer, "")  # fmt: skip
+            values = make_tables.collect(results_dir, point_row, "on", [metric])[key]
+            if len(values):
+                found |= folder is not None
+                ax.errorbar(x, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, fmt="o",
+                            color="tab:red", capsize=3)  # fmt: skip
+                ax.plot(np.full(len(values), x + 0.15), values, ".", color="gray", ms=4)
+        ax.set_xticks(range(len(points)), [label for label, _, _ in points], fontsize=8)
+        ax.set(title=row.title, ylabel=title, xlim=(-0.5, len(points) - 0.5))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle("GAL by injection point (gal.at): mean ± std over seeds, dots are seeds")
+    fig.tight_layout()
+    if found:
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return found
+
+
 EQ7_STYLE = {"authors": ("tab:red", "GAL, authors' term"), "taylor64": ("tab:green", "Eq. 7, float64"),
              "taylor32": ("tab:purple", "Eq. 7, float32")}  # fmt: skip
 
@@ -361,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"ablation_{ablation}.png"
         if plot_ablation(args.results, ablation, path):
             print(f"wrote {path}")
+    if "where_to_inject" in args.only and plot_where_to_inject(args.results, out / "where_to_inject.png"):
+        print(f"wrote {out / 'where_to_inject.png'}")
     if "eq7" in args.only and plot_eq7(args.results, out / "eq7_diagnostics.png"):
         print(f"wrote {out / 'eq7_diagnostics.png'}")
     if "table7" in args.only:

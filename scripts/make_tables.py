@@ -32,7 +32,7 @@ COCO_METRICS: list[Metric] = [(k, f"{k} ↑", False) for k in ("AP", "AP50", "AP
 DIGITS_METRICS: list[Metric] = [("error", "Top-1 error % ↓", True), ("loss", "Test loss ↓", True)]
 SENSITIVITY_ALPHAS = (0.001, 0.01, 0.1, 0.5)
 PROTOCOL_SEEDS = range(5)  # the paper's protocol: 5 seeds (Table V; Tables I-IV run 3, seeds 0-2)
-CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison (issue 13, item 5)
+CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,7 @@ def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
     """Each comparison at the paper's 5 seeds and at 20 (`make confirm`), and whether its verdict holds.
 
     A difference found with 5 seeds on one machine can be float rounding amplified by training: another CPU moved
-    California's baseline by two standard deviations (issue 13). A claim stands only where 20 seeds agree.
+    California's baseline by two standard deviations. A claim stands only where 20 seeds agree.
     """
     lines = ["| Comparison | metric | 5 seeds: A → B (p) | 20 seeds: A → B (p) | at 20 seeds |", "|" + " --- |" * 5]
     for claim in claims:
@@ -596,7 +596,7 @@ def adarem_table(results_dir: Path) -> str:
     )
 
 
-# Eq. 7 (issue 13): (a) baseline and (b) GAL as the authors compute the first-order term (the Table V / digits
+# Eq. 7: (a) baseline and (b) GAL as the authors compute the first-order term (the Table V / digits
 # runs), against (c) Eq. 7's exact term in float64 and (d) in float32 (`make eq7`); the same four arms under each
 # value of the alpha and beta ablations ((b): the `make ablations` sweeps; (c), (d): eq7_<arm>_<ablation>/).
 EQ7_ARMS = (("baseline", None, "off"), ("authors", None, "on"), ("taylor64", "eq7_taylor64", "on"),
@@ -741,6 +741,80 @@ def eq7_toy(results_dir: Path) -> list[str]:
     return ["## Toy problem (Fig. 4)", "", "Every arm's numbers: [eq7_toy.md](eq7_toy.md).", "", *verdicts, ""]
 
 
+# GAL at three layers (`make where-to-inject`): the logits (the paper's; the Table V / digits GAL runs), the
+# classifier's input and the first hidden layer, each against the baseline and against the logits.
+WHERE_POINTS = (
+    ("logits", "logits", None),
+    ("pre_logits", "pre_logits", "pre_logits"),
+    ("first hidden layer", "module:1", "first_hidden"),
+)  # (label, gal.at, folder under where_to_inject/)
+
+
+def step_means(results_dir: Path, row: Row, keys: tuple[str, ...]) -> dict[str, float]:
+    """Each key's mean over every logged training step of every run of one GAL arm (log.jsonl's step rows)."""
+    values: dict[str, list[float]] = {key: [] for key in keys}
+    for run in run_dirs(results_dir, row.experiment, row.task, row.optimizer, "on"):
+        with open(run / "log.jsonl") as log:
+            for line in log:
+                entry = json.loads(line)
+                for key in keys:
+                    if key in entry and "step" in entry:
+                        values[key].append(abs(entry[key]) if key == "remainder" else entry[key])
+    return {key: float(np.mean(v)) if v else float("nan") for key, v in values.items()}
+
+
+def where_to_inject(results_dir: Path) -> str:
+    lines = [
+        "| Task | z (gal.at) | metric | mean±std | p vs baseline | p vs logits | adjusted fraction | mean \\|r\\| "
+        "| seeds |",
+        "|" + " --- |" * 9,
+    ]
+    claims = []
+    for default_row, metric in ABLATION_ROWS:
+        baseline = collect(results_dir, default_row, "off", [metric])[metric[0]]
+        logits = collect(results_dir, default_row, "on", [metric])[metric[0]]
+        if len(baseline) == 0 or len(logits) == 0:
+            lines.append(f"| {default_row.title} | missing | | {missing_reason(default_row)} | | | | | |")
+            continue
+        lines.append(f"| {default_row.title} | baseline (no GAL) | {metric[1]} | {fmt(baseline)} | | | | | "
+                     f"{len(baseline)} |")  # fmt: skip
+        for label, at, folder in WHERE_POINTS:
+            row = default_row if folder is None else Row(
+                default_row.title, f"where_to_inject/{folder}", default_row.task, default_row.optimizer,
+                "make where-to-inject",
+            )  # fmt: skip
+            values = collect(results_dir, row, "on", [metric])[metric[0]]
+            if len(values) == 0:
+                lines.append(f"| | {label} (`{at}`) | {metric[1]} | missing: run `make where-to-inject` | | | | | |")
+                continue
+            p_base = Comparison(baseline, values).t_test[1]
+            p_logits = "" if folder is None else f"{Comparison(logits, values).t_test[1]:.2g}"
+            steps = step_means(results_dir, row, ("adjusted_fraction", "remainder"))
+            lines.append(
+                f"| | {label} (`{at}`) | {metric[1]} | {fmt(values)} | {p_base:.2g} | {p_logits} | "
+                f"{steps['adjusted_fraction']:.3f} | {steps['remainder']:.2g} | {len(values)} |"
+            )
+            claims.append(Claim(f"{default_row.title}: baseline (A) vs GAL at {label} (B)", metric,
+                                (default_row, "off"), (row, "on")))  # fmt: skip
+            if folder is not None:
+                claims.append(Claim(f"{default_row.title}: GAL at the logits (A) vs at {label} (B)", metric,
+                                    (default_row, "on"), (row, "on")))  # fmt: skip
+    return "\n".join(
+        [
+            "# Where to inject: GAL at the logits, the classifier's input and the first hidden layer",
+            "",
+            "Each task's paper-setting experiment (Table V's, digits'), GAL on with only `gal.at` changed; h keeps the "
+            "experiment's widths, sized to z by a dry forward (d = 1, the MLP's last hidden width or its first, "
+            "for digits 10, 64 and the first conv's 16 channels per position). p from "
+            "`scipy.stats.ttest_ind`; adjusted fraction and |r|: means over every logged training step.",
+            "",
+            *lines,
+            "",
+            *confirmation(results_dir, claims),
+        ]
+    )
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "table1": lambda r: comparison_table(r, TABLE1_ROWS, ERROR_METRICS, "# Table I: CIFAR-10, EfficientNet-B1"),
     "table2": lambda r: comparison_table(r, TABLE2_ROWS, ERROR_METRICS, "# Table II: CIFAR-100, EfficientNet-B1"),
@@ -752,6 +826,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
         "Metrics on the fixed test split, in the target's original units.",
     ),
     "table5_alpha": table5_alpha,
+    "where_to_inject": where_to_inject,
     "eq7": eq7_table,
     "adarem": adarem_table,
     **{

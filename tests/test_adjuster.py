@@ -388,7 +388,7 @@ def test_g_wins_falls_back_to_the_batch_test_for_a_scalar_loss():
     assert stats.g_wins.shape == () and torch.equal(stats.g_wins, stats.adjusted)
 
 
-# Eq. 7's first-order term ("first_order") and the GAL step's precision ("precision"), issue 13 items 1-2.
+# Eq. 7's first-order term ("first_order") and the GAL step's precision ("precision").
 
 
 def _constant_h(adj, c):

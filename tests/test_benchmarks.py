@@ -24,8 +24,11 @@ def test_benchmark_script_writes_its_report(tmp_path, script, args):
     subprocess.run([sys.executable, str(SCRIPTS / script), *args, "--out", str(out)], check=True)
     report = json.loads(out.read_text())
     assert report["device"] and report["command"].startswith("python") and report["cases"]
-    if script == "bench_gal_overhead.py":  # GAL's own arithmetic in float64 against float32 (issue 13)
+    if script == "bench_gal_overhead.py":  # GAL's own arithmetic in float64 against float32
         assert all(case["float64_ratio"] > 0 for case in report["cases"])
         alone = [case["gal_step_alone_ms"] for case in report["cases"]]  # the GAL step by itself, both dtypes
         assert all(a["float32"]["median_ms"] > 0 and a["float64"]["median_ms"] > 0 for a in alone)
         assert all(math.isfinite(case["float64_cost"]) for case in report["cases"])
+        points = {case["name"]: case["ratio_to_gal_off"] for case in report["injection_points"]}
+        assert list(points["digits_cnn"]) == ["logits", "pre_logits", "module:4"]
+        assert all(ratio > 0 for case in points.values() for ratio in case.values())

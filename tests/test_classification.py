@@ -165,7 +165,7 @@ def test_offline_without_hf_hub_offline_fails_at_once_or_loads_the_cached_file(t
 
 
 def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss():
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1, label_smoothing=0.1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, label_smoothing=0.1)
     model = task.build_model()
     images, labels = next(iter(task.loaders(0, 0, 1)[0]))
     logits, loss_fn = task.features_and_loss(model, (images, labels))
@@ -177,7 +177,7 @@ def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss()
 
 
 def test_evaluate_equals_the_metrics_computed_by_hand_over_the_whole_split():
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     images, labels = task.eval_set.tensors
@@ -194,7 +194,7 @@ def test_evaluate_equals_the_metrics_computed_by_hand_over_the_whole_split():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host-sync detection needs a CUDA device")
 def test_evaluate_syncs_once_whatever_the_number_of_batches_on_cuda():
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, 1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).cuda()
     task.evaluate(model, DataLoader(task.eval_set, batch_size=180))  # warm-up: lazy CUDA set-up may sync
     counts = []
@@ -212,19 +212,19 @@ def test_evaluate_syncs_once_whatever_the_number_of_batches_on_cuda():
 
 @pytest.mark.parametrize("world_size", [1, 2, 4])
 def test_the_global_batch_is_split_among_the_processes(world_size):
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=32, epochs=1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=32)
     images, _ = next(iter(task.loaders(0, 0, world_size)[0]))
     assert len(images) == 32 // world_size
 
 
 def test_a_global_batch_the_processes_do_not_divide_is_refused_before_training(tmp_path):
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=30, epochs=1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=30)
     with pytest.raises(ValueError, match="task.global_batch_size=30 does not divide among 4 processes"):
         task.loaders(0, 0, 4)
 
 
 def test_eval_shards_are_disjoint_and_cover_the_split():
-    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=33, epochs=1)
+    task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, global_batch_size=33)
     shards = [task.loaders(0, rank, 3)[1].dataset.indices for rank in range(3)]
     assert sorted(i for shard in shards for i in shard) == list(range(len(task.eval_set)))
 

@@ -47,7 +47,6 @@ def test_a_wrong_type_or_key_is_refused_at_compose_time_naming_the_key(overrides
     ("overrides", "message"),
     [
         (["trainer.epochs=-1"], "trainer.epochs must be an integer >= 0; got -1"),
-        (["task.epochs=0"], "task.epochs must be an integer >= 1; got 0"),
         (["trainer.eval_every=0"], "trainer.eval_every must be an integer >= 1; got 0"),
         (["trainer.log_every=0"], "trainer.log_every must be an integer >= 1; got 0"),
         (["optimizer.lr=0"], "optimizer.lr must be > 0; got 0.0"),
@@ -71,6 +70,29 @@ def test_a_value_out_of_range_is_refused_by_validate_naming_the_key_and_what_is_
     with pytest.raises(ConfigError) as error:
         validate(cfg)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "epochs"),
+    [
+        (["task=diabetes"], 30),
+        (["task=boston"], 100),
+        (["experiment=table2_cifar100_sgd"], 300),
+        (["experiment=table3_imagenet_resnet50"], 90),
+        (["experiment=table4_coco_detr_r50"], 150),
+        (["task=digits", "trainer.epochs=2"], 2),
+        (["trainer.epochs=3", "task=california"], 3),  # the command line wins wherever it stands
+    ],
+)
+def test_one_epochs_key_the_tasks_recipe_unless_the_command_line_says_otherwise(overrides, epochs):
+    cfg = compose_config(overrides)
+    assert cfg.trainer.epochs == epochs and "epochs" not in cfg.task
+    validate(cfg)
+
+
+def test_task_epochs_is_not_a_key_any_more(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="epochs"):
+        compose_config(["task.epochs=5"])
 
 
 @pytest.mark.parametrize("gal", ["off", "on"])
@@ -113,6 +135,8 @@ def test_the_schema_adds_no_key_to_the_plain_groups(group):
         own = {key for key in yaml.safe_load(path.read_text()) if key != "defaults"}
         if group == "gal" and path.stem == "off":
             own |= set(yaml.safe_load(Path(CONFIG_DIR, "gal", "on.yaml").read_text())) - {"defaults"}
+        if group == "trainer":
+            own.add("epochs")  # the task's file gives it (its recipe's length)
         cfg = compose_config([f"{group}={path.stem}"])
         assert set(cfg[group]) == own, path
 

@@ -87,7 +87,7 @@ def test_paper_presets_follow_the_paper():
                 320, False, 0.0,
             )  # fmt: skip
             assert (cfg.trainer.precision, cfg.optimizer.filter_bias_and_bn) == ("off", False)
-            assert (cfg.scheduler.name, cfg.task.epochs) == ("multistep", 300)
+            assert (cfg.scheduler.name, cfg.trainer.epochs) == ("multistep", 300)
         else:  # the authors' timm fork: train_gal.sh flags and train_gal.py defaults
             size = 260 if "effnet" in experiment else 224
             assert (cfg.task.image_size, cfg.task.crop_pct, cfg.task.interpolation) == (size, 0.875, "bicubic")

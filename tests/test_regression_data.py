@@ -180,9 +180,9 @@ def test_california_from_the_offline_cache():
 
 
 def test_split_is_fixed_and_scaling_uses_the_training_split_only():
-    task = RegressionTask("diabetes", hidden=[8], global_batch_size=32, epochs=1)
+    task = RegressionTask("diabetes", hidden=[8], global_batch_size=32)
     torch.manual_seed(123)  # the training seed must not move the split
-    again = RegressionTask("diabetes", hidden=[8], global_batch_size=32, epochs=1)
+    again = RegressionTask("diabetes", hidden=[8], global_batch_size=32)
     assert torch.equal(task.test_set.tensors[0], again.test_set.tensors[0])
     x_train, y_train = task.train_set.tensors
     torch.testing.assert_close(x_train.mean(0), torch.zeros(10), atol=1e-5, rtol=0)
@@ -192,7 +192,7 @@ def test_split_is_fixed_and_scaling_uses_the_training_split_only():
 
 
 def test_train_loader_order_depends_on_seed_and_epoch_only():
-    task = RegressionTask("diabetes", hidden=[8], global_batch_size=32, epochs=1)
+    task = RegressionTask("diabetes", hidden=[8], global_batch_size=32)
 
     def first_batch(seed, epoch):
         loader, _ = task.loaders(seed, rank=0, world_size=1)
@@ -205,7 +205,7 @@ def test_train_loader_order_depends_on_seed_and_epoch_only():
 
 
 def test_sharded_loaders_split_the_training_set_between_ranks():
-    task = RegressionTask("diabetes", hidden=[8], global_batch_size=500, epochs=1)
+    task = RegressionTask("diabetes", hidden=[8], global_batch_size=500)
     shards = [list(task.loaders(0, rank, 2)[0].sampler.sampler) for rank in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 177  # 353 padded to 354 by DistributedSampler
     assert set(shards[0]) | set(shards[1]) == set(range(353))

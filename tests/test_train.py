@@ -38,7 +38,7 @@ def test_run_writes_metrics_config_and_logs(make_config, gal):
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["metrics"] == metrics and set(metrics) == {"mae", "mse", "r2"}
     assert summary["config"]["gal"]["enabled"] == (gal == "on")
-    environment = summary["environment"]  # where the numbers came from (issue 13, item 5)
+    environment = summary["environment"]  # where the numbers came from
     assert environment["cpu"] and environment["gpu"] is None and environment["processes"] == 1
     assert environment["threads"] == torch.get_num_threads() and environment["libraries"]["torch"] == torch.__version__
     assert (run_dir / "config.yaml").exists()

@@ -15,8 +15,9 @@ from gal.errors import ConfigError
 
 from .conftest import CONFIG_DIR, compose_config
 
-NODE_GROUPS = ("task", "optimizer", "gal", "trainer", "logger", "scheduler")  # each file fills the node of its name
-GLOBAL_GROUPS = ("experiment", "ablation", "hparams_search")  # `# @package _global_`: each file sets keys anywhere
+NODE_GROUPS = ("optimizer", "gal", "trainer", "logger", "scheduler")  # each file fills the node of its name
+# `# @package _global_`: each file sets keys anywhere (a task's: task.* and its length, trainer.epochs)
+GLOBAL_GROUPS = ("task", "experiment", "ablation", "hparams_search")
 CONFIG_FILES = [
     (group, path.stem)
     for group in (*NODE_GROUPS, *GLOBAL_GROUPS)

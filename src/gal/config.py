@@ -26,6 +26,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
 from gal.distributed import DEVICES
 from gal.errors import ConfigError
+from gal.inject import check_point
 from gal.precision import MODES as PRECISIONS
 
 IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
@@ -38,7 +39,6 @@ class TaskConfig:
 
     _target_: str = MISSING
     global_batch_size: int = MISSING  # over all processes
-    epochs: int = MISSING  # the task's recipe; trainer.epochs overrides it
 
 
 @dataclass
@@ -163,9 +163,11 @@ class StepSchedulerConfig(SchedulerConfig):
 
 @dataclass
 class GalConfig:
-    """configs/gal/on.yaml: GradientAdjuster's arguments, plus ``enabled`` and h's own ``lr``."""
+    """configs/gal/on.yaml: GradientAdjuster's arguments, plus ``enabled``, the injection point ``at`` and h's own
+    ``lr``."""
 
     enabled: bool = MISSING
+    at: str = MISSING
     lr: float | None = MISSING
     arch: list[int] = MISSING
     alpha: float = MISSING
@@ -183,9 +185,9 @@ class GalConfig:
 
 @dataclass
 class TrainerConfig:
-    """configs/trainer/default.yaml."""
+    """configs/trainer/default.yaml; ``epochs`` comes from the task's file (its recipe), the one epochs key."""
 
-    epochs: int | None = MISSING
+    epochs: int = MISSING
     device: str = MISSING
     log_every: int = MISSING
     eval_every: int = MISSING
@@ -276,8 +278,9 @@ def validate(cfg: DictConfig) -> None:
     _one_of("trainer.on_nonfinite", trainer.on_nonfinite, ON_NONFINITE)
     _one_of("trainer.precision", trainer.precision, PRECISIONS)
     _one_of("trainer.device", trainer.device, DEVICES)
+    if OmegaConf.is_missing(trainer, "epochs"):  # a task file of one's own that gives no recipe length
+        raise ConfigError("trainer.epochs is not set: pass trainer.epochs=N, or set trainer.epochs in the task file")
     _at_least("trainer.epochs", trainer.epochs, 0)  # 0 = evaluate only (a checkpoint, e.g. make coco-detr-r50-eval)
-    _at_least("task.epochs", task.epochs, 1)
     _at_least("trainer.eval_every", trainer.eval_every, 1)
     _at_least("trainer.log_every", trainer.log_every, 1)
     _at_least("task.global_batch_size", task.global_batch_size, 1)
@@ -291,6 +294,12 @@ def validate(cfg: DictConfig) -> None:
         _widths("task.hidden", task.hidden)
     if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)
         check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
+    check_point(gal.at)
+    if gal.at != "logits" and task._target_.endswith("DetectionTask"):
+        raise ConfigError(
+            f"gal.at={gal.at}: on DETR GAL adjusts the predicted boxes only (gal.at=logits, which means the boxes "
+            "there); the class scores and auxiliary layers get their standard gradient"
+        )
 
 
 def _declared_keys_only(node: DictConfig, path: str = "") -> None:

@@ -26,7 +26,8 @@ CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = "run.lock"
 # Keys that may differ between the launches of one run: where it lives and is shown, how it is fed, what it
 # is told to do when it exists or when its loss turns NaN (the steps it takes are the same), and its length
-# (checked apart: more epochs extend a run, fewer are refused).
+# (checked apart: more epochs extend a run, fewer are refused; task.epochs held it in runs made before
+# trainer.epochs became the one epochs key).
 RESTARTABLE = (
     "results_dir", "run_dir", "logger", "trainer.progress", "trainer.log_every", "trainer.device",
     "trainer.if_exists", "trainer.on_nonfinite", "task.num_workers", "trainer.epochs", "task.epochs",
@@ -34,6 +35,7 @@ RESTARTABLE = (
 # Keys added after runs were made, each with the value that reproduces the code before it: a run saved without
 # one compares as if it had that value, so adding an option does not orphan the runs made before it.
 ADDED = {
+    "gal.at": "logits",  # where GAL sat before the key existed
     "gal.first_order": "authors",
     "gal.precision": "float32",
     "gal.ddp": "global",

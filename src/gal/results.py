@@ -36,7 +36,7 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     """What a run's numbers depend on beyond its config: the processor, the threads and the library versions.
 
     Runs are bit-for-bit repeatable on the same machine with the same thread count; another CPU model rounds
-    differently, and long runs amplify that (issue 13), so metrics.json records where each number came from.
+    differently, and long runs amplify that, so metrics.json records where each number came from.
     """
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {

@@ -32,6 +32,7 @@ from gal.checkpoint import kept_checkpoint, load_checkpoint, save_checkpoint
 from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.errors import ConfigError, RunExistsError, SetupError
+from gal.inject import Injection
 from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
@@ -55,7 +56,7 @@ def build_adjuster(gal_cfg: DictConfig, feature_dim: int) -> GradientAdjuster | 
     """The GAL module from configs/gal/*.yaml, or None when GAL is off."""
     if not gal_cfg.enabled:
         return None
-    kwargs = {k: v for k, v in OmegaConf.to_container(gal_cfg).items() if k not in ("enabled", "lr")}
+    kwargs = {k: v for k, v in OmegaConf.to_container(gal_cfg).items() if k not in ("enabled", "at", "lr")}
     return GradientAdjuster(feature_dim, **kwargs)
 
 
@@ -131,6 +132,7 @@ class Trainee:
     channels_last: bool = False
     clip_grad_norm: float | None = None  # max norm of the model's gradient (DETR: 0.1)
     oscillation: OscillationTracker | None = None  # the model's oscillation index Q (AdaRem, Sec. 3.2.2)
+    injection: Injection | None = None  # z away from the task's own (gal.at other than logits), with GAL on
 
 
 def train_one_epoch(
@@ -151,7 +153,10 @@ def train_one_epoch(
         batch = to_device(batch, device, trainee.channels_last)
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            z, loss_fn, *other = task.features_and_loss(model, batch)
+            if trainee.injection is None:
+                z, loss_fn, *other = task.features_and_loss(model, batch)
+            else:
+                z, loss_fn, *other = trainee.injection.features_and_loss(task, model, batch)
             other_loss = other[0] if other else None  # loss terms that do not pass through z
             if adjuster is None:
                 loss = loss_fn(z).float().mean() + (0.0 if other_loss is None else other_loss)
@@ -199,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(cfg)  # ranges, before any data (Hydra checked the types; gal.config registers the schemas)
     dist_info = init_distributed(cfg.trainer.device)
     run_dir = Path(cfg.run_dir)
-    epochs = cfg.task.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs
+    epochs = cfg.trainer.epochs
     plain_cfg = OmegaConf.to_container(cfg, resolve=True)
     # rank 0 decides for all ranks (a rank that looked later could see files rank 0 just wrote), and holds the
     # run directory's lock while it looks and for the whole run
@@ -255,7 +260,7 @@ def _train(
             f"the training split ({len(train_loader.dataset)} samples here) does not fill one batch of "
             f"{train_loader.batch_size} per process: lower task.global_batch_size or use more data"
         )
-    model, trainee = _build_trainee(cfg, task, dist_info, epochs, len(train_loader))
+    model, trainee = _build_trainee(cfg, task, dist_info, epochs, train_loader)
     random_seed(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
     start_epoch, step, best = 0, 0, None
@@ -335,7 +340,7 @@ def _train(
 
 
 def _build_trainee(
-    cfg: DictConfig, task: Task, dist_info: DistInfo, epochs: int, steps_per_epoch: int
+    cfg: DictConfig, task: Task, dist_info: DistInfo, epochs: int, train_loader: DataLoader
 ) -> tuple[nn.Module, Trainee]:
     """The model (unwrapped) and the step's objects, all on the run's device."""
     device, trainer = dist_info.device, cfg.trainer
@@ -343,12 +348,18 @@ def _build_trainee(
     channels_last = trainer.channels_last and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    adjuster = build_adjuster(cfg.gal, task.feature_dim)
+    injection, feature_dim = None, task.feature_dim
+    if cfg.gal.enabled and cfg.gal.at != "logits":  # h's size from a dry forward of one batch (gal.inject)
+        state = rng_state(device)  # drawing the batch leaves every generator as it was: h starts as at the logits
+        injection = Injection(cfg.gal.at, model, task, to_device(next(iter(train_loader)), device, channels_last))
+        set_rng_state(state, device)
+        feature_dim = injection.feature_dim
+    adjuster = build_adjuster(cfg.gal, feature_dim)
     if adjuster is not None:
         adjuster.to(device)
     model_groups = task.param_groups(model) if hasattr(task, "param_groups") else model
     optimizer = build_optimizer(model_groups, adjuster, gal_lr=cfg.gal.lr, **OmegaConf.to_container(cfg.optimizer))
-    scheduler = build_scheduler(optimizer, epochs, steps_per_epoch, **OmegaConf.to_container(cfg.scheduler))
+    scheduler = build_scheduler(optimizer, epochs, len(train_loader), **OmegaConf.to_container(cfg.scheduler))
     ema = None
     if trainer.ema_decay:
         from timm.utils import ModelEmaV3
@@ -362,8 +373,9 @@ def _build_trainee(
     trainable = [p for p in model.parameters() if p.requires_grad]
     oscillation = OscillationTracker(trainable) if trainer.oscillation else None
     return model, Trainee(
-        trained, optimizer, adjuster, scheduler, precision, ema, channels_last, trainer.clip_grad_norm, oscillation
-    )
+        trained, optimizer, adjuster, scheduler, precision, ema, channels_last, trainer.clip_grad_norm, oscillation,
+        injection,
+    )  # fmt: skip
 
 
 def _state(

@@ -39,7 +39,6 @@ def eval_shard(dataset: Dataset, rank: int, world_size: int) -> Subset:
 
 class Task(Protocol):
     feature_dim: int  # size of z's last dimension, the GAL dim
-    epochs: int  # the task's training length (trainer.epochs overrides it)
     objective: tuple[str, str]  # (metric from evaluate, "minimize" | "maximize"): what a search optimises
     # optional: input_sizes_vary = True turns cudnn.benchmark off on CUDA (DETR's multi-scale batches)
 

@@ -130,7 +130,6 @@ class ClassificationTask:
         num_classes: int,
         model: dict[str, Any],
         global_batch_size: int,
-        epochs: int,
         root: str | None = None,
         image_size: int | None = 224,
         download: bool = True,
@@ -157,7 +156,7 @@ class ClassificationTask:
             self.data_config = imagenet_data_config(model["name"], image_size, crop_pct, interpolation)
         self.num_classes = self.feature_dim = num_classes
         self.model_kwargs = dict(model)
-        self.global_batch_size, self.epochs, self.num_workers = global_batch_size, epochs, num_workers
+        self.global_batch_size, self.num_workers = global_batch_size, num_workers
         self.eval_batch_size = eval_batch_size or global_batch_size
         self.augment, self.drop_last, self.label_smoothing = dict(augment or {}), drop_last, label_smoothing
 

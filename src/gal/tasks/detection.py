@@ -38,7 +38,6 @@ class DetectionTask:
         root: str,
         model: dict[str, Any],
         global_batch_size: int,
-        epochs: int,
         lr_backbone: float = 1e-5,
         num_classes: int = 91,
         scales: list[int] | None = None,
@@ -58,7 +57,7 @@ class DetectionTask:
         self.criterion = SetCriterion(
             num_classes, HungarianMatcher(**(cost or {})), eos_coef, loss_weights, model.get("aux_loss", True)
         )
-        self.global_batch_size, self.epochs, self.lr_backbone = global_batch_size, epochs, lr_backbone
+        self.global_batch_size, self.lr_backbone = global_batch_size, lr_backbone
         self.num_workers, self.eval_batch_size = num_workers, eval_batch_size or global_batch_size
         self.checkpoint = checkpoint
 

@@ -155,7 +155,6 @@ class RegressionTask:
         dataset: str,
         hidden: list[int],
         global_batch_size: int,
-        epochs: int,
         test_size: float = 0.2,
         split_seed: int = 0,
         data_home: str | None = None,
@@ -168,7 +167,7 @@ class RegressionTask:
         self.train_set = TensorDataset(self._scale_x(x_train), self._scale_y(y_train))
         self.test_set = TensorDataset(self._scale_x(x_test), torch.as_tensor(y_test, dtype=torch.float32))
         self.in_dim, self.hidden = x.shape[1], list(hidden)
-        self.global_batch_size, self.epochs = global_batch_size, epochs
+        self.global_batch_size = global_batch_size
 
     def _scale_x(self, x: np.ndarray) -> Tensor:
         return torch.as_tensor((x - self.x_mean) / self.x_std, dtype=torch.float32)
