@@ -37,7 +37,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
-	digits eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
+	digits eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-startup bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
 	clean-venv
 
 help:  ## this list
@@ -260,6 +260,9 @@ notebook: venv  ## notebooks/analysis.ipynb executed into analysis_executed.ipyn
 
 bench: venv  ## GAL's step overhead (results/bench/gal_overhead.json)
 	$(PY) scripts/bench_gal_overhead.py
+
+bench-startup: venv  ## start-up time of the command line, this checkout beside b2831e2 (results/bench/startup.json)
+	$(PY) scripts/bench_startup.py --against b2831e2
 
 bench-throughput: venv  ## trainer vs minimal loop, GAL on vs off, images/s (results/bench/throughput.json)
 	$(PY) scripts/bench_throughput.py

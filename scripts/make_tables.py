@@ -198,8 +198,8 @@ class Claim:
     b: tuple[Row, str]
 
 
-def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
-    """Each comparison at the paper's 5 seeds and at 20 (`make confirm`), and whether its verdict holds.
+def confirmation(results_dir: Path, claims: list[Claim], command: str = "make confirm") -> list[str]:
+    """Each comparison at the paper's 5 seeds and at 20 (``command``), and whether its verdict holds.
 
     A difference found with 5 seeds on one machine can be float rounding amplified by training: another CPU moved
     California's baseline by two standard deviations. A claim stands only where 20 seeds agree.
@@ -222,11 +222,11 @@ def confirmation(results_dir: Path, claims: list[Claim]) -> list[str]:
         five, twenty = (f"{np.mean(c[0]):.4g} → {np.mean(c[1]):.4g} ({c[2]:.2g})" if c else "missing" for c in cells)
         lines.append(f"| {claim.label} | {title} | {five} | {twenty} | {holds(cells[0], cells[1], lower_is_better)} |")
     if len(lines) == 2:
-        return ["20-seed confirmation: not run here (`make confirm` runs seeds 0-19)."]
+        return [f"20-seed confirmation: not run here (`{command}` runs seeds 0-19)."]
     return [
         "## 20-seed confirmation",
         "",
-        "Seeds 0-19 (`make confirm`) beside the paper's 5 (seeds 0-4); means, and p from `scipy.stats.ttest_ind`. "
+        f"Seeds 0-19 (`{command}`) beside the paper's 5 (seeds 0-4); means, and p from `scipy.stats.ttest_ind`. "
         "Only what holds at 20 seeds is claimed in the README.",
         "",
         *lines,
@@ -810,7 +810,7 @@ def where_to_inject(results_dir: Path) -> str:
             "",
             *lines,
             "",
-            *confirmation(results_dir, claims),
+            *confirmation(results_dir, claims, "make where-to-inject-confirm"),
         ]
     )
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 MODULES = ("gal.train", "gal.tasks.classification", "gal.tasks.detection", "gal.optim", "gal.precision", "gal.results")
 # scipy: t-tests and DETR's matching; sklearn: digits and regression; matplotlib, pandas: figures and tables.
 # gal.tasks.detection imports pycocotools.coco at module level, which loads none of them (only numpy).
@@ -36,3 +38,21 @@ def test_a_table5_run_starts_without_timm_torchvision_or_pytorch_optimizer(tmp_p
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
     assert list(tmp_path.rglob("metrics.json"))  # it trained
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--cfg", "job"], ["experiment=table5_diabetes", "gal.alpah=0.1"], ["+gal.alpah=0.1"], ["task=diabetez"]],
+    ids=["cfg-job", "typo", "plus-typo", "unknown-option"],
+)
+def test_composing_or_refusing_a_command_imports_no_torch(argv, tmp_path):
+    """`--cfg job` prints the config, and a typo is refused, before torch (seconds of start-up) is imported."""
+    code = (
+        "import sys, json, runpy; "
+        f"sys.argv = ['gal', *{argv!r}, 'results_dir={tmp_path}']; "
+        'exec(\'try:\\n    runpy.run_module("gal", run_name="__main__")\\nexcept SystemExit:\\n    pass\'); '
+        "print(json.dumps('torch' in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) is False, result.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.json"))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -77,12 +78,14 @@ def decomposed_gradients(model, task, batch, at, seed=0):
 
 MODELS = {
     "timm resnet": lambda: timm.create_model("test_resnet", num_classes=5, drop_rate=0.3),
+    "torchvision resnet": lambda: torchvision.models.resnet18(num_classes=5),
     "timm efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=5, drop_rate=0.3),
     "plain BN + dropout": BNNet,
 }
 POINTS = {
     "timm resnet": ["pre_logits", "features", "module:layer2", "module:fc"],
     "timm efficientnet": ["pre_logits", "features", "module:blocks.1"],
+    "torchvision resnet": ["pre_logits", "module:layer3.1"],
     "plain BN + dropout": ["pre_logits", "module:body", "module:fc", "module:drop"],
 }
 CASES = [(model, at) for model, points in POINTS.items() for at in points]
@@ -201,6 +204,17 @@ def test_the_classifier_named_as_a_module_is_the_default_logits_run(tmp_path):
     assert pre != logits  # another z, another h: the run differs (and is recorded as such)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_hidden_layer_trains_under_autocast(tmp_path, precision):
+    """bf16 autocast, and fp16 with its GradScaler (whose scale multiplies the layers after z's gradient too)."""
+    result = metrics(
+        compose_config([*RUN, "gal=on", "gal.at=module:4", f"trainer.precision={precision}", "name=amp"], tmp_path)
+    )
+    assert 0 <= result["error"] < 90  # it learned (chance is 90% error)
+
+
+# slow (~26 s): make test covers DDP at the logits (test_classification) and the split at every point
+@pytest.mark.slow
 def test_a_hidden_layer_run_on_two_processes_equals_one_process(tmp_path):
     """The digits CNN's pooled feature map (a 4-D z, h per position; the rest of the network re-run): 2 gloo
     processes (16 each) and 1 on the same global batch of 32, as tests/test_classification.py's logits check."""
@@ -218,6 +232,8 @@ def test_a_hidden_layer_run_on_two_processes_equals_one_process(tmp_path):
     assert decisions["ddp"] == decisions["single"]
 
 
+# slow (~26 s): make test covers kill -9 + resume at the logits (gpu_check --cpu)
+@pytest.mark.slow
 def test_a_hidden_layer_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
     job = [sys.executable, "-m", "gal", "task=diabetes", "gal=on", "gal.at=pre_logits", "gal.kind=uniform"]
     job += ["task.global_batch_size=8", "trainer.epochs=6", "trainer.progress=false", f"results_dir={tmp_path}"]

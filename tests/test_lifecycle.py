@@ -146,3 +146,12 @@ def test_a_run_made_before_an_option_existed_compares_as_the_code_before_it(tmp_
         check_same_config(
             tmp_path, {"trainer": {"epochs": 1}}, {"trainer": {"epochs": 1}, "gal": {"first_order": "authors"}}
         )
+
+
+def test_a_run_from_before_gal_at_is_the_logits_run_and_task_epochs_is_a_length(tmp_path):
+    saved = {"gal": {"enabled": True, "alpha": 0.1}, "task": {"epochs": 30}, "trainer": {"epochs": None}}
+    launch = {"gal": {"enabled": True, "alpha": 0.1, "at": "logits"}, "task": {}, "trainer": {"epochs": 30}}
+    check_same_config(tmp_path, saved, launch)
+    launch["gal"]["at"] = "pre_logits"
+    with pytest.raises(ConfigError, match=r"gal.at: 'logits' -> 'pre_logits'"):
+        check_same_config(tmp_path, saved, launch)

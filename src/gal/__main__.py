@@ -1,10 +1,10 @@
 """``python -m gal task=diabetes gal=on``: the trainer's entry point (also ``gal-train``, torchrun ``-m gal``).
 
-The task function is imported from gal.train, so launchers that pickle it (hydra-submitit-launcher)
+The task function is imported from gal.cli, so launchers that pickle it (hydra-submitit-launcher)
 find it by reference; ``python -m gal.train`` works too, but there it lives in ``__main__``.
 """
 
-from gal.train import main
+from gal.cli import main
 
 if __name__ == "__main__":
     main()

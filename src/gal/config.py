@@ -11,8 +11,9 @@ the key; a key added with ``+`` or ``++`` (which Hydra lets into a typed node) f
 key that every file of its group sets is MISSING here; one that some files leave out defaults to
 what the code that takes it defaults to (tests/test_config_schema.py checks that they agree).
 
-Importing this module registers the schemas: gal.train imports it, and so must anything that composes the
-configs without importing gal.train.
+Importing this module registers the schemas: gal.cli and gal.train import it, and so must anything that
+composes the configs without them. It imports no torch (``python -m gal --cfg job`` composes without it);
+validate() imports the modules whose names it checks against.
 """
 
 import dataclasses
@@ -23,11 +24,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
-from gal.distributed import DEVICES
 from gal.errors import ConfigError
-from gal.inject import check_point
-from gal.precision import MODES as PRECISIONS
 
 IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
 ON_NONFINITE = ("error", "record")  # what a run does when the loss is NaN or inf
@@ -272,7 +269,12 @@ def validate(cfg: DictConfig) -> None:
     The types were checked when Hydra composed ``cfg``; these are the ranges a type cannot say, and the keys that
     ``+key=value`` added to a node whose schema lacks them.
     """
-    _declared_keys_only(cfg)
+    from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
+    from gal.distributed import DEVICES
+    from gal.inject import check_point
+    from gal.precision import MODES as PRECISIONS
+
+    declared_keys_only(cfg)
     trainer, task, gal = cfg.trainer, cfg.task, cfg.gal
     _one_of("trainer.if_exists", trainer.if_exists, IF_EXISTS)
     _one_of("trainer.on_nonfinite", trainer.on_nonfinite, ON_NONFINITE)
@@ -302,7 +304,7 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
-def _declared_keys_only(node: DictConfig, path: str = "") -> None:
+def declared_keys_only(node: DictConfig, path: str = "") -> None:
     """Refuse a key of a schema-typed node that its schema does not declare, naming the nearest declared ones.
 
     Hydra's ``+key=value`` adds a key even to a struct node (``++`` too, where the key is new). A dict-typed node
@@ -318,7 +320,7 @@ def _declared_keys_only(node: DictConfig, path: str = "") -> None:
         if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
             continue
         if isinstance(child := node[key], DictConfig):
-            _declared_keys_only(child, f"{path}{key}.")
+            declared_keys_only(child, f"{path}{key}.")
 
 
 def _not_a_setting(path: str, key: str, declared: list[str]) -> str:

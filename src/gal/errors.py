@@ -1,6 +1,6 @@
 """Errors a user can fix: each message names the setting or file at fault and what to do.
 
-The command line (``gal.train.run``, Hydra's task function) prints a :class:`SetupError` as one line,
+The command line (``gal.cli.run``, Hydra's task function) prints a :class:`SetupError` as one line,
 ``error: ...``, and exits with status 1 (a setting: before any training; a file or disk: when met);
 ``HYDRA_FULL_ERROR=1`` shows the traceback.
 Called as a library (tests, notebooks), they are ordinary exceptions, and each is also the builtin type a

@@ -4,7 +4,7 @@
 
 A job that meets a :class:`gal.errors.SetupError` (its run exists and ``trainer.if_exists=error``, another
 process holds it, a setting out of range) is refused: ``error: <run dir>: <reason>`` on one line, and the
-sweep goes on with the next job (``gal.train.run`` calls :func:`refuse`). A setting that every job shares
+sweep goes on with the next job (``gal.cli.run`` calls :func:`refuse`). A setting that every job shares
 is thus said once per job, each job stopping before any data is loaded. At the end :class:`SweepSummary`
 (a Hydra callback, ``hydra.callbacks.summary`` in configs/config.yaml) prints one table, per arm (the jobs
 whose overrides agree but for ``seed``, named by the overrides that differ between arms), of the last
@@ -177,7 +177,7 @@ def _new_folder(parent: Path, name: str) -> Path:
 
 
 def _objective(task_target: str) -> list[str] | None:
-    """[metric, direction] the task's class optimises (gal.train.task_objective), None if it cannot be read."""
+    """[metric, direction] the task's class optimises (gal.cli.task_objective), None if it cannot be read."""
     try:
         return list(get_class(task_target).objective)
     except Exception:  # noqa: BLE001  (a job whose task does not load is refused or failed already)

@@ -8,7 +8,6 @@ replaces ``loss.backward()`` when GAL is on. Runs under torchrun unchanged.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import hydra
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,9 +28,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
 from gal.checkpoint import kept_checkpoint, load_checkpoint, save_checkpoint
+from gal.cli import CONFIG_DIR, run  # run: the task function (gal.cli registers the resolvers the configs use)
 from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
-from gal.errors import ConfigError, RunExistsError, SetupError
+from gal.errors import ConfigError, RunExistsError
 from gal.inject import Injection
 from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
 from gal.optim import build_optimizer
@@ -48,8 +48,6 @@ if TYPE_CHECKING:  # timm (and torchvision, which it imports) only for the runs 
 
 log = logging.getLogger("gal.train")
 OPTIONAL_STATE = ("adjuster", "scheduler", "ema", "oscillation")  # Trainee parts a checkpoint holds when present
-# ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
-OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
 
 
 def build_adjuster(gal_cfg: DictConfig, feature_dim: int) -> GradientAdjuster | None:
@@ -430,45 +428,6 @@ def _restore(
     return state["epoch"], state["step"], state.get("best")
 
 
-def task_objective(task_target: str) -> tuple[str, str]:
-    """(metric, direction) that a search over ``task._target_`` optimises, read off the task class."""
-    return get_class(task_target).objective
-
-
-# ${objective_direction:${task._target_}}: an Optuna search's direction follows the task (configs/hparams_search/)
-OmegaConf.register_new_resolver("objective_direction", lambda target: task_objective(target)[1], replace=True)
-
-
-def run(cfg: DictConfig) -> float:
-    """Hydra's task function: train one run and return the task's objective metric (for sweepers).
-
-    A :class:`gal.errors.SetupError` (a setting or file to fix) ends the command with one line, ``error: ...``;
-    in a ``--multirun`` it refuses this job only, and the sweep ends with status 1 after its summary (gal.sweep).
-    A diverged or refused run returns the worst value for the task's direction (inf when minimising).
-
-    It lives here, not in ``__main__``, so that launchers that pickle it (submitit) do so by reference.
-    """
-    from gal import sweep
-
-    metric, direction = task_objective(cfg.task._target_)
-    try:
-        metrics = train(cfg)
-    except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        if not sweep.goes_on():
-            # every process of a torchrun job meets the same error: the first one says it
-            raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
-        sweep.refuse(cfg.run_dir, error)  # a --multirun runs its other jobs; gal.sweep.SweepSummary lists this one
-        metrics = {}
-    value = float(metrics.get(metric, math.nan))
-    # a diverged or refused run scores the worst value: hydra-optuna-sweeper stops the whole search on a NaN
-    return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
-
-
-# An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
-# (python -m gal, gal-train, submitit's unpickled task function), and configs/ sits beside src/ (editable install).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The command line, ``python -m gal`` (and ``gal-train``): Hydra's entry point, without torch until a run starts.
+
+Composing the config needs only Hydra and the schemas (gal.config), so ``python -m gal --cfg job``, ``--help`` and
+a refused typo answer before torch is imported; the task function imports gal.train when a run starts. The
+launchers that pickle the task function (hydra-submitit-launcher) find it here by reference.
+"""
+
+import math
+import os
+from pathlib import Path
+
+import hydra
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from gal.config import declared_keys_only  # importing gal.config registers the schemas that configs/ extends
+from gal.errors import SetupError
+
+# An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
+# (python -m gal, gal-train, submitit's unpickled task function), and configs/ sits beside src/ (editable install).
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+# ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
+OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
+# ${objective_direction:${task._target_}}: an Optuna search's direction follows the task (configs/hparams_search/)
+OmegaConf.register_new_resolver("objective_direction", lambda target: task_objective(target)[1], replace=True)
+
+
+def task_objective(task_target: str) -> tuple[str, str]:
+    """(metric, direction) that a search over ``task._target_`` optimises, read off the task class."""
+    return get_class(task_target).objective
+
+
+def run(cfg: DictConfig) -> float:
+    """Hydra's task function: train one run and return the task's objective metric (for sweepers).
+
+    A :class:`gal.errors.SetupError` (a setting or file to fix) ends the command with one line, ``error: ...``;
+    in a ``--multirun`` it refuses this job only, and the sweep ends with status 1 after its summary (gal.sweep).
+    A diverged or refused run returns the worst value for the task's direction (inf when minimising). A key no
+    schema declares is refused before torch is imported; the trainer (gal.train) is imported to train.
+    """
+    from gal import sweep
+
+    try:
+        declared_keys_only(cfg)
+        from gal.train import train
+
+        metrics = train(cfg)
+    except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if not sweep.goes_on():
+            # every process of a torchrun job meets the same error: the first one says it
+            raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
+        sweep.refuse(cfg.run_dir, error)  # a --multirun runs its other jobs; gal.sweep.SweepSummary lists this one
+        metrics = {}
+    metric, direction = task_objective(cfg.task._target_)
+    value = float(metrics.get(metric, math.nan))
+    # a diverged or refused run scores the worst value: hydra-optuna-sweeper stops the whole search on a NaN
+    return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
+
+
+main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
+
+if __name__ == "__main__":
+    main()
