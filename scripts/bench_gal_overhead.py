@@ -124,6 +124,18 @@ def timed(step: Callable[[], None], n: int, device: torch.device) -> list[float]
     return times
 
 
+def interleaved(arms: dict[str, Callable[[], None]], steps: int, warmup: int, device: torch.device) -> dict:
+    """Each arm's per-step times in ms: ``warmup`` unmeasured steps each, then blocks of BLOCK steps in turn."""
+    for step in arms.values():
+        timed(step, warmup, device)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    while len(next(iter(times.values()))) < steps:
+        n = min(BLOCK, steps - len(next(iter(times.values()))))
+        for arm, step in arms.items():
+            times[arm] += timed(step, n, device)
+    return times
+
+
 def summary(times: list[float]) -> dict[str, float]:
     """Median and quartiles: robust to the odd step hit by a page fault or a GC pause."""
     p25, p50, p75 = statistics.quantiles(times, n=4, method="inclusive")
@@ -149,21 +161,10 @@ def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
         "gal": make_step(case, gal_model, x, y, adj),
         "gal_float64": make_step(case, gal64_model, x, y, adj64),
     }
-    for step in arms.values():
-        timed(step, warmup, device)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    while len(times["gal"]) < steps:
-        n = min(BLOCK, steps - len(times["gal"]))
-        for arm, step in arms.items():
-            times[arm] += timed(step, n, device)
+    times = interleaved(arms, steps, warmup, device)
     base, gal, gal64 = summary(times["baseline"]), summary(times["gal"]), summary(times["gal_float64"])
     alone = {"float32": make_gal_only(case, adj, y), "float64": make_gal_only(case, adj64, y)}
-    for step in alone.values():
-        timed(step, warmup, device)
-    alone_times: dict[str, list[float]] = {arm: [] for arm in alone}
-    while len(alone_times["float32"]) < steps:
-        for arm, step in alone.items():
-            alone_times[arm] += timed(step, BLOCK, device)
+    alone_times = interleaved(alone, steps, warmup, device)
     alone32, alone64 = summary(alone_times["float32"]), summary(alone_times["float64"])
     return {
         "name": case.name,
@@ -223,13 +224,7 @@ def bench_points(name: str, build: Callable[[], nn.Module], x: Tensor, y: Tensor
             opt.step()
 
         arms[point] = step
-    for step in arms.values():
-        timed(step, warmup, device)
-    times: dict[str, list[float]] = {arm: [] for arm in arms}
-    while len(times["off"]) < steps:
-        n = min(BLOCK, steps - len(times["off"]))
-        for arm, step in arms.items():
-            times[arm] += timed(step, n, device)
+    times = interleaved(arms, steps, warmup, device)
     medians = {arm: summary(t)["median_ms"] for arm, t in times.items()}
     return {
         "name": name,

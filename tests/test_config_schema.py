@@ -3,6 +3,7 @@ each naming its key, and every config file in configs/ still composes and passes
 
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,41 @@ def test_every_optimizer_file_has_its_own_schema():
     assert optimizers == sorted(SCHEMAS["optimizer"])
     for name in optimizers:
         assert OmegaConf.get_type(compose_config([f"optimizer={name}"]).optimizer) is SCHEMAS["optimizer"][name]
+
+
+BAD_VALUES = {  # one value out of range per optimizer hyperparameter (lr has its own test above)
+    "weight_decay": "-1", "momentum": "1.5", "momentum_beta": "1.5", "lam": "-0.1", "eps": "0", "final_lr": "0",
+    "gamma": "-1", "k": "0", "alpha": "1.5", "betas": "[0.9]",
+}  # fmt: skip
+OPTIMIZER_KEYS = [
+    (name, field.name)
+    for name, schema in SCHEMAS["optimizer"].items()
+    for field in dataclasses.fields(schema)
+    if field.name not in ("name", "lr", "filter_bias_and_bn", "weight_decouple")
+]
+
+
+@pytest.mark.parametrize(("optimizer", "key"), OPTIMIZER_KEYS, ids=[f"{o}.{k}" for o, k in OPTIMIZER_KEYS])
+def test_every_optimizer_hyperparameter_out_of_range_is_refused_naming_it(optimizer, key):
+    cfg = compose_config([f"optimizer={optimizer}", f"optimizer.{key}={BAD_VALUES[key]}"])
+    with pytest.raises(ConfigError) as error:
+        validate(cfg)
+    assert str(error.value).startswith(f"optimizer.{key} of {optimizer} must be ")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["seed=-1"], "seed must be an integer in [0, 4294967295]"),
+        (["task=california", "task.test_size=1.5"], "task.test_size must be a fraction in (0, 1)"),
+        (["task=boston", "task.test_size=0"], "task.test_size must be a fraction in (0, 1)"),
+    ],
+)
+def test_a_seed_or_split_out_of_range_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("optimizer", sorted(SCHEMAS["optimizer"]))
+def test_every_optimizers_own_values_pass(optimizer):
+    validate(compose_config([f"optimizer={optimizer}"]))

@@ -376,3 +376,72 @@ def test_a_resumed_run_logs_to_the_same_wandb_run(make_config, monkeypatch):
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert offline_runs and all(path.name.endswith(f"-{run_id}") for path in offline_runs)
     assert (run_dir / "wandb" / "latest-run").resolve().name.endswith(f"-{run_id}")
+
+
+# --- Run files that cannot be read: one line, nothing changed -------------------------------------------------
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes | None]:
+    return {p.name: None if p.is_dir() else p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "last.pt", "log.jsonl", "config.yaml", "run.lock"])
+def test_a_folder_where_a_run_file_should_be_is_one_line_and_changes_nothing(finished, make_config, name):
+    run_dir, _ = finished
+    path = run_dir / name
+    if path.exists():
+        path.unlink()
+    path.mkdir()
+    before = _snapshot(run_dir)
+    with pytest.raises(SystemExit, match=rf"^error: {path} is a folder where the run keeps its .*: move it away"):
+        run(make_config(*FAST, "trainer.epochs=3", RESUME))
+    assert _snapshot(run_dir) == before
+
+
+def test_a_metrics_json_that_is_not_json_is_one_line(finished, make_config):
+    run_dir, _ = finished
+    (run_dir / "metrics.json").write_text('{"metrics": {"mse": 1.0')  # cut short
+    before = _snapshot(run_dir)
+    with pytest.raises(SystemExit, match=rf"^error: {run_dir / 'metrics.json'} cannot be read \(JSONDecodeError"):
+        run(make_config(*FAST, "trainer.if_exists=skip"))
+    assert _snapshot(run_dir) == before
+
+
+def test_a_checkpoint_lacking_a_part_is_one_line(finished, make_config):
+    run_dir, _ = finished
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    del state["scaler"]
+    torch.save(state, run_dir / "last.pt")
+    (run_dir / "metrics.json").unlink()  # an unfinished run: resuming reads the whole checkpoint
+    before = _snapshot(run_dir)
+    with pytest.raises(SystemExit, match=r"^error: .*last.pt cannot be resumed from: it has no scaler state"):
+        run(make_config(*FAST, RESUME))
+    assert _snapshot(run_dir) == before
+
+
+def _gal_epoch(log: RunLog, epoch: int, adjusted: float, remainder: float, steps: int = 4) -> list[str]:
+    for step in range(steps):
+        values = {"loss": 1.0, "adjusted_fraction": adjusted, "remainder": remainder}
+        log.record_step(epoch * steps + step, {k: torch.tensor(v) for k, v in values.items()})
+    log.flush(epoch)
+    return log.gal_warnings(epoch)
+
+
+def test_gal_warns_once_when_the_policy_rejects_g_or_the_remainder_explodes(tmp_path):
+    log = RunLog(tmp_path / "log.jsonl", enabled=True)
+    assert _gal_epoch(log, 0, adjusted=1.0, remainder=-1e-6) == []
+    assert _gal_epoch(log, 1, adjusted=0.75, remainder=5e-4) == []  # 500-fold: not yet
+    (rejected,) = _gal_epoch(log, 2, adjusted=0.25, remainder=1e-6)
+    assert rejected.startswith("GAL's policy rejected g on 75% of epoch 2's logged steps")
+    (grown,) = _gal_epoch(log, 3, adjusted=0.25, remainder=-2e-2)  # the policy's warning is not repeated
+    assert grown.startswith("GAL's mean |r| grew 2e+04-fold from epoch 0 to epoch 3")
+    assert _gal_epoch(log, 4, adjusted=0.0, remainder=1.0) == []  # each said once per run
+    assert RunLog(tmp_path / "other.jsonl", enabled=True).gal_warnings(0) == []  # no GAL steps: nothing to say
+
+
+def test_a_run_whose_policy_rejects_g_says_so_and_is_recorded(make_config, caplog):
+    cfg = make_config(*FAST, "gal=on", "gal.beta=1e9", "optimizer.lr=1")
+    with caplog.at_level(logging.WARNING, logger="gal.train"):
+        train(cfg)
+    assert "GAL's policy rejected g on 100% of epoch 0's logged steps" in caplog.text
+    assert (_run_dir(cfg) / "metrics.json").exists()

@@ -210,3 +210,8 @@ def test_sharded_loaders_split_the_training_set_between_ranks():
     assert len(shards[0]) == len(shards[1]) == 177  # 353 padded to 354 by DistributedSampler
     assert set(shards[0]) | set(shards[1]) == set(range(353))
     assert len(set(shards[0]) & set(shards[1])) <= 1  # only the padding repeats
+
+
+def test_a_boston_csv_path_that_is_a_folder_says_so(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match=r"is a folder: set task.csv_path .* to the file itself"):
+        load_boston(str(tmp_path))

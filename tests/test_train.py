@@ -294,3 +294,12 @@ def test_the_trainer_step_syncs_only_to_read_its_logs_on_cuda():
     arm(batches)  # warm-up: lazy CUDA initialisation may sync once
     record = step_host_syncs(arm, batches, device)
     assert record["unexpected"] == [] and {site.rsplit(":", 1)[0] for site in record["sites"]} == {"gal/runlog.py"}
+
+
+def test_a_diverged_run_stops_with_one_line_and_no_traceback(tmp_path):
+    command = [sys.executable, "-m", "gal", "task=diabetes", "optimizer.lr=1e30", "trainer.epochs=2"]
+    result = subprocess.run([*command, f"results_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: training loss is nan at step ") and "The run stops here;" in last
+    assert not list(tmp_path.rglob("metrics.json"))

@@ -38,8 +38,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     Raises :class:`gal.errors.CheckpointError` naming the file and what is wrong with it when it is
     empty, not a PyTorch file, truncated or unreadable, or not one of this trainer's checkpoints.
     """
-    with path.open("rb") as file:
-        head = file.read(len(ZIP_MAGIC))
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(ZIP_MAGIC))
+    except OSError as error:  # a folder, no permission
+        raise _error(path, f"it cannot be read ({type(error).__name__}: {error.strerror})") from None
     if not head:
         raise _error(path, "it is empty (0 bytes)")
     if head != ZIP_MAGIC:

@@ -43,9 +43,15 @@ def run(cfg: DictConfig) -> float:
 
     try:
         declared_keys_only(cfg)
+        from gal.runlog import NonFiniteLossError
         from gal.train import train
 
-        metrics = train(cfg)
+        try:
+            metrics = train(cfg)
+        except NonFiniteLossError as error:  # trainer.on_nonfinite=error: the step and the checkpoint kept, one line
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep.goes_on():
+                raise  # a sweep's job fails as Hydra has it (gal.sweep)
+            raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
     except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from gal.errors import ConfigError
 
@@ -287,6 +287,11 @@ def validate(cfg: DictConfig) -> None:
     _at_least("trainer.log_every", trainer.log_every, 1)
     _at_least("task.global_batch_size", task.global_batch_size, 1)
     _positive("optimizer.lr", cfg.optimizer.lr)
+    _optimizer_ranges(cfg.optimizer)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}] (NumPy's seed range); got {cfg.seed}")
+    if "test_size" in task and not 0 < task.test_size < 1:
+        raise ConfigError(f"task.test_size must be a fraction in (0, 1) (the test split); got {task.test_size}")
     _positive("gal.lr", gal.lr)
     _widths("gal.arch", gal.arch)
     _one_of("gal.first_order", gal.first_order, FIRST_ORDERS)
@@ -302,6 +307,36 @@ def validate(cfg: DictConfig) -> None:
             f"gal.at={gal.at}: on DETR GAL adjusts the predicted boxes only (gal.at=logits, which means the boxes "
             "there); the class scores and auxiliary layers get their standard gradient"
         )
+
+
+MAX_SEED = 2**32 - 1
+# Every optimizer hyperparameter but lr (checked apart) and its range: (test, what it may be), per key, and where
+# two optimizers give a key different meanings, per "<optimizer name>.<key>".
+OPTIMIZER_RANGES: dict[str, tuple[Any, str]] = {
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "momentum_beta": (lambda v: 0 <= v <= 1, "in [0, 1]"),  # AdaRem's own check
+    "lam": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "final_lr": (lambda v: v > 0, "> 0"),
+    "gamma": (lambda v: v > 0, "> 0"),
+    "k": (lambda v: v >= 1, "an integer >= 1"),
+    "lookahead.alpha": (lambda v: 0 < v <= 1, "in (0, 1] (the slow weights' step toward the fast ones)"),
+    "rmsproptf.alpha": (lambda v: 0 <= v < 1, "in [0, 1) (the squared gradients' decay)"),
+    "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1), e.g. [0.9, 0.999]"),
+}
+
+
+def _optimizer_ranges(optimizer: DictConfig) -> None:
+    """Each hyperparameter the chosen optimizer takes within its range (the keys it does not take are refused
+    at compose time by its schema)."""
+    for key in optimizer:
+        rule = OPTIMIZER_RANGES.get(f"{optimizer.name}.{key}") or OPTIMIZER_RANGES.get(str(key))
+        value = optimizer[key]
+        if rule is not None and value is not None:
+            plain = list(value) if isinstance(value, ListConfig) else value
+            if not rule[0](plain):
+                raise ConfigError(f"optimizer.{key} of {optimizer.name} must be {rule[1]}; got {plain}")
 
 
 def declared_keys_only(node: DictConfig, path: str = "") -> None:

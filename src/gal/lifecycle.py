@@ -24,6 +24,11 @@ from gal.results import METRICS_FILE
 
 CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = "run.lock"
+# Every file a run keeps in its directory, and what it holds (for messages)
+RUN_FILES = {
+    METRICS_FILE: "summary", CHECKPOINT_FILE: "checkpoint", "log.jsonl": "step log", "config.yaml": "resolved config",
+    LOCK_FILE: "lock",
+}  # fmt: skip
 # Keys that may differ between the launches of one run: where it lives and is shown, how it is fed, what it
 # is told to do when it exists or when its loss turns NaN (the steps it takes are the same), and its length
 # (checked apart: more epochs extend a run, fewer are refused; task.epochs held it in runs made before
@@ -53,12 +58,36 @@ class Plan:
     metrics: dict[str, Any] | None = None
 
 
+def check_run_files(run_dir: Path) -> None:
+    """A ConfigError, before anything is opened or written, when one of the run's file names is taken by a folder."""
+    for name, what in RUN_FILES.items():
+        if (run_dir / name).is_dir():
+            raise ConfigError(
+                f"{run_dir / name} is a folder where the run keeps its {what}: move it away (nothing in the run's "
+                "directory was changed)"
+            )
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A finished run's metrics.json, or a ConfigError naming the file when it cannot be read as one."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): move it away to train the run again, or "
+            "restore it from a backup (nothing was changed)"
+        ) from None
+    if not isinstance(summary, dict) or "metrics" not in summary:
+        raise ConfigError(f"{path} is not a run's summary (no metrics): move it away or restore it (nothing changed)")
+    return summary
+
+
 def plan_run(run_dir: Path, config: dict[str, Any], if_exists: str, epochs: int) -> Plan:
     """What to do with ``run_dir`` for a launch of ``config`` (resolved, plain) that trains ``epochs`` epochs;
     ``if_exists`` is one of gal.config.IF_EXISTS (gal.config.validate checks it before the trainer gets here)."""
     metrics_file, checkpoint = run_dir / METRICS_FILE, run_dir / CHECKPOINT_FILE
     if metrics_file.exists():
-        summary = json.loads(metrics_file.read_text())
+        summary = read_summary(metrics_file)
         if if_exists == "error":
             raise RunExistsError(
                 f"{metrics_file} exists and is kept: pass trainer.if_exists=skip to reuse the run (or continue it "

@@ -59,6 +59,8 @@ class RunLog:
         self._steps: list[int] = []
         self._values: dict[str, list[torch.Tensor]] = {}
         self.last: dict[str, float] = {}
+        self._gal: dict[int, list[float]] = {}  # epoch -> [logged GAL steps, sum of adjusted fractions, sum of |r|]
+        self._warned: set[str] = set()
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after ``step``: a resumed run redoes those steps and logs them again."""
@@ -111,7 +113,32 @@ class RunLog:
                     "lower the learning rate or check the data."
                 )
         self.last = rows[-1]
+        for row in rows:
+            if "adjusted_fraction" in row:
+                sums = self._gal.setdefault(epoch, [0, 0.0, 0.0])
+                sums[0] += 1
+                sums[1] += row["adjusted_fraction"]
+                sums[2] += abs(row["remainder"])
         self._write(rows)
+
+    def gal_warnings(self, epoch: int) -> list[str]:
+        """What looks wrong with GAL in ``epoch`` (each said once per run): the policy rejecting g on most steps
+        (GAL then is mostly standard training), or the mean |r| grown 1000-fold over the first logged epoch's."""
+        if epoch not in self._gal:
+            return []
+        steps, adjusted, remainder = self._gal[epoch]
+        first = self._gal[min(self._gal)]
+        said = []
+        if adjusted / steps < 0.5 and "policy" not in self._warned:
+            said.append(("policy", f"GAL's policy rejected g on {1 - adjusted / steps:.0%} of epoch {epoch}'s logged "
+                         "steps (the tentative step raised the loss): the backbone mostly got the vanilla gradient; "
+                         "gal.beta or optimizer.lr may be too large"))  # fmt: skip
+        mean_r, grown = remainder / steps, (remainder / steps) / max(first[2] / first[0], 1e-30)
+        if grown > 1e3 and "remainder" not in self._warned:
+            said.append(("remainder", f"GAL's mean |r| grew {grown:.2g}-fold from epoch {min(self._gal)} to epoch "
+                         f"{epoch} ({mean_r:.3g}): h may be diverging; lower gal.lr or gal.beta"))  # fmt: skip
+        self._warned.update(key for key, _ in said)
+        return [text for _, text in said]
 
     def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
         self._write([{"step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}}])

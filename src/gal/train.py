@@ -27,13 +27,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
-from gal.checkpoint import kept_checkpoint, load_checkpoint, save_checkpoint
+from gal.checkpoint import WHAT_TO_DO, kept_checkpoint, load_checkpoint, save_checkpoint
 from gal.cli import CONFIG_DIR, run  # run: the task function (gal.cli registers the resolvers the configs use)
 from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
-from gal.errors import ConfigError, RunExistsError
+from gal.errors import CheckpointError, ConfigError, RunExistsError
 from gal.inject import Injection
-from gal.lifecycle import CHECKPOINT_FILE, RunLock, plan_run
+from gal.lifecycle import CHECKPOINT_FILE, RunLock, check_run_files, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, environment, format_metrics, keep_best, write_json
@@ -211,6 +211,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if dist_info.is_main:
         try:
             if run_dir.exists():
+                check_run_files(run_dir)
                 lock.acquire()
             plan = plan_run(run_dir, plain_cfg, cfg.trainer.if_exists, epochs)
         except Exception as error:  # noqa: BLE001  (passed on, then raised on every rank)
@@ -296,6 +297,8 @@ def _train(
                 log_every = cfg.trainer.log_every
                 step = train_one_epoch(trainee, task, train_loader, runlog, epoch, step, log_every, progress)
                 check_weights_finite(epoch, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
+                for warning in runlog.gal_warnings(epoch) if dist_info.is_main else []:
+                    log.warning("%s: %s (the run goes on and is recorded)", run_dir, warning)
                 if trainee.scheduler is not None:
                     trainee.scheduler.step(epoch + 1)
                 if hasattr(trainee.optimizer, "epoch_end"):  # AdaRem decays its lambda once per epoch
@@ -423,6 +426,8 @@ def _restore(
         if part is not None:
             part.load_state_dict(state[key])
     trainee.optimizer.load_state_dict(state["optimizer"])
+    if "scaler" not in state:
+        raise CheckpointError(f"{path} cannot be resumed from: it has no scaler state; {WHAT_TO_DO}")
     trainee.precision.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"][dist_info.rank], dist_info.device)
     return state["epoch"], state["step"], state.get("best")

@@ -38,6 +38,11 @@ def load_boston(csv_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """
     path = csv_path or os.environ.get("GAL_BOSTON_CSV")
     if path:
+        if Path(path).is_dir():
+            raise DatasetUnavailableError(
+                f"Boston CSV path {path!r} is a folder: set task.csv_path or $GAL_BOSTON_CSV to the file itself "
+                "(boston_house_prices.csv)"
+            )
         if not Path(path).is_file():
             raise DatasetUnavailableError(f"Boston CSV not found at {path!r}: fix task.csv_path or $GAL_BOSTON_CSV")
         return _split_medv(_read_boston_csv(path))
