@@ -445,3 +445,9 @@ def test_a_run_whose_policy_rejects_g_says_so_and_is_recorded(make_config, caplo
         train(cfg)
     assert "GAL's policy rejected g on 100% of epoch 0's logged steps" in caplog.text
     assert (_run_dir(cfg) / "metrics.json").exists()
+
+
+def test_a_log_that_cannot_be_read_is_one_clear_error(tmp_path):
+    (tmp_path / "log.jsonl").mkdir()  # a read fails as an unreadable file's would (root reads a 0o000 file)
+    with pytest.raises(RunLogError, match=r"log.jsonl cannot be read \(IsADirectoryError: Is a directory\): move it"):
+        RunLog(tmp_path / "log.jsonl", enabled=True).truncate_after(3)

@@ -149,3 +149,13 @@ def test_arms_are_named_by_the_overrides_that_differ_between_them():
     arms = [("task=diabetes", "gal=off"), ("task=diabetes", "gal=on", "gal.alpha=0.010716295704927558")]
     assert _arm_names(arms) == ["gal=off", "gal=on gal.alpha=0.01072"]
     assert _arm_names([("task=diabetes", "gal=on")]) == ["all"]
+
+
+def test_a_run_that_diverges_under_on_nonfinite_error_is_one_line_and_the_sweep_goes_on(tmp_path):
+    result = gal(["--multirun", "optimizer.lr=1e30,0.001"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert "training loss is nan at step " in errors[0] and "The run stops here;" in errors[0]
+    assert errors[-1] == "error: 1 of 2 jobs did not finish (listed above)"
+    arms = summary_of(tmp_path)["arms"]
+    assert sorted((arm["n"], arm["failed"]) for arm in arms) == [(0, 1), (1, 0)]

@@ -49,9 +49,12 @@ def run(cfg: DictConfig) -> float:
         try:
             metrics = train(cfg)
         except NonFiniteLossError as error:  # trainer.on_nonfinite=error: the step and the checkpoint kept, one line
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" or sweep.goes_on():
-                raise  # a sweep's job fails as Hydra has it (gal.sweep)
-            raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            if not sweep.goes_on():
+                raise SystemExit(f"error: {error}" if sweep.first_process() else 1) from None
+            sweep.refuse(cfg.run_dir, error, status="failed")  # the sweep goes on; its summary lists this job
+            metrics = {}
     except SetupError as error:  # a setting or file the user can fix: one line, not a traceback
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

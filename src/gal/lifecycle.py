@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gal.checkpoint import load_checkpoint
-from gal.errors import ConfigError, RunExistsError, RunLockedError
+from gal.errors import ConfigError, RunExistsError, RunLockedError, StorageError
 from gal.results import METRICS_FILE
 
 CHECKPOINT_FILE = "last.pt"
@@ -175,7 +175,13 @@ class RunLock:
         if self._fd is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # no permission, a read-only file system
+            raise StorageError(
+                f"cannot open {self.path} ({type(error).__name__}: {error.strerror}): the run's directory must be "
+                "writable; fix its permissions or choose another results_dir= (nothing was changed)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

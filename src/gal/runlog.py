@@ -72,7 +72,14 @@ class RunLog:
 
     def _read(self) -> list[tuple[str, dict[str, Any]]]:
         """(line, row) for each line; a torn last line (a kill or a full disk mid-write) is dropped with a warning."""
-        *lines, tail = self.path.read_text(errors="replace").split("\n")  # tail: after the last newline
+        try:
+            text = self.path.read_text(errors="replace")
+        except OSError as error:  # a folder, no permission
+            raise RunLogError(
+                f"{self.path} cannot be read ({type(error).__name__}: {error.strerror}): move it away, or restore it, "
+                "and resume again (nothing was changed)"
+            ) from None
+        *lines, tail = text.split("\n")  # tail: after the last newline
         if tail:
             lines.append(tail)
         rows = []

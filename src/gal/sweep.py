@@ -11,10 +11,11 @@ whose overrides agree but for ``seed``, named by the overrides that differ betwe
 evaluation's metrics (metrics.json's ``metrics``) as mean ± sample std over the seeds that finished, the
 task's objective first, with the diverged seeds and the refused and failed jobs counted; a search (the
 Optuna sweeper) lists its trials best first. Then, if a job was refused or failed, it lists them and the
-command exits with status 1. A single run (no ``--multirun``) stops at its error, as before. Any other
-error (a bug, a NaN loss under ``trainer.on_nonfinite=error``) fails its job as Hydra has it: the sweeper
-stops with its traceback once the job's batch is done (a crash differs between torchrun's ranks, which must
-not go on apart); its record says so (``failed``).
+command exits with status 1. A single run (no ``--multirun``) stops at its error, as before. A NaN loss
+under ``trainer.on_nonfinite=error`` stops its job with one line too (``failed``, the step and the checkpoint
+kept named), and the sweep goes on (every rank meets the same loss: DDP averages it). Any other error (a bug)
+fails its job as Hydra has it: the sweeper stops with its traceback once the job's batch is done (a crash
+differs between torchrun's ranks, which must not go on apart); its record says so (``failed``).
 
 Where it is written: ``<hydra.sweep.dir>/sweeps/<start time>/`` (``summary.md``, ``summary.json`` and
 ``jobs/<n>.json``, each job's record), e.g. results/runs/sweeps/2026-12-03_08-44-30/. A folder per sweep,
@@ -52,7 +53,8 @@ from gal.storage import write_atomically
 # ${zero_padded:${hydra.job.num}} -> "007": a search's trial folders list in trial order (configs/hparams_search/)
 OmegaConf.register_new_resolver("zero_padded", lambda number, width=3: f"{int(number):0{int(width)}d}", replace=True)
 
-_refused: dict[str, str] = {}  # run dir -> reason, from refuse() to SweepSummary.on_job_end, in the job's process
+# run dir -> (status, reason), from refuse() to SweepSummary.on_job_end, in the job's process
+_refused: dict[str, tuple[str, str]] = {}
 
 
 def first_process() -> bool:
@@ -70,11 +72,12 @@ def goes_on() -> bool:
     return hydra_cfg.mode == RunMode.MULTIRUN and f"{__name__}.SweepSummary" in targets
 
 
-def refuse(run_dir: str, error: Exception) -> None:
-    """Say why the job of ``run_dir`` does not run (one line), keep the reason for the sweep's summary, and
-    remove the empty folders Hydra made for it (a run's own files are never touched)."""
+def refuse(run_dir: str, error: Exception, status: str = "refused") -> None:
+    """Say why the job of ``run_dir`` does not run, or stopped (``status="failed"``: a NaN loss under
+    trainer.on_nonfinite=error), in one line, keep the reason for the sweep's summary, and remove the empty
+    folders Hydra made for it (a run's own files are never touched)."""
     reason = _reason(run_dir, error)
-    _refused[str(run_dir)] = reason
+    _refused[str(run_dir)] = (status, reason)
     if first_process():
         print(f"error: {run_dir}: {reason}", file=sys.stderr, flush=True)
         _remove_empty(Path(run_dir), Path(HydraConfig.get().sweep.dir))
@@ -119,7 +122,7 @@ class SweepSummary(Callback):
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         run_dir = str(config.run_dir)
-        reason = _refused.pop(run_dir, None)
+        status, reason = _refused.pop(run_dir, ("done", None))
         self.refused_here += reason is not None
         if self.sweep_folder is None or not first_process():
             return
@@ -129,7 +132,7 @@ class SweepSummary(Callback):
             "run_dir": run_dir,
             "path": os.path.abspath(run_dir),
             "objective": _objective(config.task._target_),
-            "status": "refused" if reason is not None else "done",
+            "status": status,
             "reason": reason,
         }
         if job_return.status == JobStatus.FAILED:  # raised (not a SetupError): Hydra's sweepers stop after it

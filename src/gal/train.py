@@ -40,6 +40,7 @@ from gal.results import METRICS_FILE, environment, format_metrics, keep_best, wr
 from gal.rng import random_seed, rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler
+from gal.storage import write_atomically
 from gal.tasks import Task
 
 if TYPE_CHECKING:  # timm (and torchvision, which it imports) only for the runs that use it
@@ -275,7 +276,8 @@ def _train(
     run_dir.mkdir(parents=True, exist_ok=True)
     wandb_run = None
     if dist_info.is_main:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()  # what OmegaConf.save writes; a disk error: one line
+        write_atomically(run_dir / "config.yaml", lambda file: file.write(resolved))
         if cfg.logger.wandb:
             wandb_run = start_wandb(cfg.logger.project, cfg.logger.mode, run_dir, str(run_dir), plain_cfg)
     runlog = RunLog(run_dir / "log.jsonl", enabled=dist_info.is_main, wandb_run=wandb_run)
