@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from gal.adjuster import GradientAdjuster
-from gal.benchmarking import machine_record, pick_device
+from gal.benchmarking import BenchTask, machine_record, pick_device
 from gal.inject import Injection
 from gal.models.cnn import DigitsCNN
 from gal.models.mlp import MLP
@@ -191,19 +191,11 @@ def bench(case: Case, device: torch.device, steps: int, warmup: int) -> dict:
     }
 
 
-class _Classification:
-    """The classification task's step for the injection-point arms: cross-entropy on model(images)."""
-
-    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
-        images, labels = batch
-        return model(images), lambda logits: nn.functional.cross_entropy(logits, labels, reduction="none")
-
-
 def bench_points(name: str, build: Callable[[], nn.Module], x: Tensor, y: Tensor, points: list[str], steps: int,
                  warmup: int) -> dict:  # fmt: skip
     """Median step time without GAL and with GAL at each point, all arms from the same weights, interleaved."""
     torch.manual_seed(0)
-    base_model, task, device = build().to(x.device), _Classification(), x.device
+    base_model, task, device = build().to(x.device), BenchTask(), x.device
     arms: dict[str, Callable[[], None]] = {}
     for point in ["off", *points]:
         model = copy.deepcopy(base_model)
