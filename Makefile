@@ -43,7 +43,7 @@ endif
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
 	@echo "  ablation-<name>                  an ablation ($(ABLATIONS)) on the paper's setting, or EXP=<experiment>"
-	@echo "  <row>[-gal]                     a paper row of Tables I-IV, baseline or GAL (rows: $(PAPER_ROW_NAMES))"
+	@echo "  <row>[-gal]                     a paper row of Tables I-V, baseline or GAL (rows: $(PAPER_ROW_NAMES))"
 	@echo "  Variables: NPROC=<GPUs per node> NNODES=<n> RDZV=<host:port> SEEDS=0,1 ARGS=\"<hydra overrides>\" JOBS=<n>"
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -54,8 +54,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 venv: $(VENV)/.installed  ## the virtual env (.venv) from requirements.txt
 
+# Two pytest workers, each running whole files (a file's module fixtures run once); the tests that time
+# themselves against a deadline (marker `serial`) then run alone.
+TEST_WORKERS ?= 2
 test: venv  ## the test suite (what CI runs, with lint)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not serial"
+	$(PY) -m pytest -q -m "serial and not slow"
 
 test-slow: venv  ## the @slow tests (minutes)
 	$(PY) -m pytest -q -m slow
@@ -187,22 +191,10 @@ adarem-best/%: venv
 	  optimizer=$(word 2,$(subst /, ,$*)) optimizer.lr=$(word 3,$(subst /, ,$*)) seed=$(CONFIRM_SEEDS) $(ARGS) \
 	  || echo "adarem cell $* did not finish"
 
-# Tables I-IV: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`.
-# Each is a thin alias for an experiment config (configs/experiment/); ARGS="..." adds overrides.
-PAPER_ROWS := \
-	cifar10-sgd:table1_cifar10_sgd cifar10-lookahead:table1_cifar10_lookahead cifar10-adabound:table1_cifar10_adabound \
-	cifar100-sgd:table2_cifar100_sgd cifar100-lookahead:table2_cifar100_lookahead cifar100-adabound:table2_cifar100_adabound \
-	imagenet-resnet50-rmsprop:table3_imagenet_resnet50 imagenet-effnet-b2-rmsprop:table3_imagenet_effnet_b2 \
-	coco-detr-r50:table4_coco_detr_r50 coco-detr-r101:table4_coco_detr_r101
-PAPER_ROW_NAMES := $(foreach row,$(PAPER_ROWS),$(word 1,$(subst :, ,$(row))))
-define paper_row
-.PHONY: $(1) $(1)-gal
-$(1): venv
-	$$(TRAIN) --multirun experiment=$(2) gal=off seed=$$(IMAGE_SEEDS) trainer.if_exists=skip $$(ARGS)
-$(1)-gal: venv
-	$$(TRAIN) --multirun experiment=$(2) gal=on seed=$$(IMAGE_SEEDS) trainer.if_exists=skip $$(ARGS)
-endef
-$(foreach row,$(PAPER_ROWS),$(eval $(call paper_row,$(word 1,$(subst :, ,$(row))),$(word 2,$(subst :, ,$(row))))))
+# Tables I-V: one target per paper row and arm, e.g. `make cifar100-sgd-gal NPROC=4 SEEDS=0`, each a thin alias
+# for the row's experiment config (configs/experiment/); ARGS="..." adds overrides. Generated from the rows of
+# results/paper/*.yaml by `python scripts/make_tables.py --make-rows`.
+include results/paper/rows.mk
 
 # Evaluate a trained DETR (facebookresearch/detr's model zoo file, or one of our last.pt) on COCO val2017 without
 # training: `make coco-detr-r50-eval CKPT=detr-r50-e632da11.pth` (r50 | r101: the backbone of the file). Each file

@@ -15,12 +15,10 @@ some of these (e.g. `--only curves`) and leaves the other files as they are.
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,12 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("make_tables", Path(__file__).resolve().with_name("make_tables.py"))
-make_tables = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_tables)  # scripts/ is not a package; the tables' run lookup, shared
+from gal.report import build_date  # noqa: E402
+from gal.report.ablations import ABLATIONS, ablation_variants  # noqa: E402
+from gal.report.collect import collect, log_rows  # noqa: E402
+from gal.report.eq7 import EQ7_ARMS  # noqa: E402
+from gal.report.paper import load  # noqa: E402
+from gal.report.render import WHERE_POINTS, task_rows  # noqa: E402
 
 COMMAND = "python scripts/make_figures.py"
 EVAL_LOSS_KEYS = ("eval/loss", "eval/mse")  # classification logs a loss; regression only the MSE
@@ -41,11 +42,6 @@ ARM_LABEL = {"off": "baseline", "on": "GAL"}
 CURVE_STYLE = {"off": {"color": "tab:blue", "ls": "-", "lw": 3.0, "alpha": 0.5},
                "on": {"color": "tab:red", "ls": "--", "lw": 1.3, "alpha": 1.0}}  # fmt: skip
 OUTPUTS = ("curves", "ablations", "where_to_inject", "eq7", "table7")
-PAPER_TABLE7 = [  # paper Table VII: training time per image, seconds
-    ("ImageNet", "0.3907", "0.4027", "+3.1%"),
-    ("CIFAR-10", "0.5292", "0.5444", "+2.9%"),
-    ("CIFAR-100", "0.5355", "0.5465", "+2.1%"),
-]
 
 
 @dataclass(frozen=True)
@@ -66,17 +62,13 @@ class RunSet:
         return [self.arms[arm][seed] for seed in sorted(self.arms[arm])]
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def find_run_sets(results_dir: Path) -> list[RunSet]:
     """Every experiment/task/optimizer folder under runs/ with at least one seed's log.jsonl."""
     grouped: dict[tuple[str, str, str], dict[str, dict[int, list[dict[str, Any]]]]] = {}
     for log in sorted(Path(results_dir, "runs").glob("*/*/*/*/seed=*/log.jsonl")):
         experiment, task, optimizer, gal, seed = log.parts[-6:-1]
         arm = grouped.setdefault((experiment, task, optimizer), {}).setdefault(gal, {})
-        arm[int(seed.removeprefix("seed="))] = read_log(log)
+        arm[int(seed.removeprefix("seed="))] = log_rows(log.parent)
     return [RunSet(*key, arms) for key, arms in sorted(grouped.items())]
 
 
@@ -200,20 +192,19 @@ def plot_run_set(run_set: RunSet, path: Path) -> None:
 def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
     """Each variant's final metric per task (mean ± std over seeds, dots: seeds) against the default GAL runs
     (red line) and the baseline (blue, dashed); False when the sweep has no runs."""
-    variants = make_tables.ablation_variants(results_dir, ablation)
+    variants = ablation_variants(results_dir, ablation)
     if not variants:
         return False
-    rows = make_tables.ABLATION_ROWS
+    rows = task_rows()
     fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.2), squeeze=False)
     for ax, (row, metric) in zip(axes[0], rows):
-        key, title, _ = metric
+        key, title = metric.key, metric.title
         for gal, label, color, ls in (("on", "default GAL", "tab:red", "-"), ("off", "baseline", "tab:blue", "--")):
-            values = make_tables.collect(results_dir, row, gal, [metric])[key]
+            values = collect(results_dir, row, gal, [metric])[key]
             if len(values):
                 ax.axhline(np.mean(values), color=color, ls=ls, lw=1, label=f"{label} (mean)")
         for x, variant in enumerate(variants):
-            variant_row = make_tables.Row(row.title, f"ablation_{ablation}/{variant}", row.task, row.optimizer, "")
-            values = make_tables.collect(results_dir, variant_row, "on", [metric])[key]
+            values = collect(results_dir, row.at(f"ablation_{ablation}/{variant}"), "on", [metric])[key]
             if len(values):
                 ax.errorbar(x, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, fmt="o",
                             color="black", capsize=3)  # fmt: skip
@@ -232,18 +223,17 @@ def plot_ablation(results_dir: Path, ablation: str, path: Path) -> bool:
 def plot_where_to_inject(results_dir: Path, path: Path) -> bool:
     """GAL's final metric per injection point and task (mean ± std over seeds, dots: seeds) against the baseline
     (blue, dashed); False when no point has runs beyond the logits'."""
-    rows, points = make_tables.ABLATION_ROWS, make_tables.WHERE_POINTS
+    rows, points = task_rows(), WHERE_POINTS
     found = False
     fig, axes = plt.subplots(1, len(rows), figsize=(4.5 * len(rows), 4.2), squeeze=False)
     for ax, (row, metric) in zip(axes[0], rows):
-        key, title, _ = metric
-        baseline = make_tables.collect(results_dir, row, "off", [metric])[key]
+        key, title = metric.key, metric.title
+        baseline = collect(results_dir, row, "off", [metric])[key]
         if len(baseline):
             ax.axhline(np.mean(baseline), color="tab:blue", ls="--", lw=1, label="baseline (mean)")
         for x, (_, _, folder) in enumerate(points):
-            point_row = row if folder is None else make_tables.Row(row.title, f"where_to_inject/{folder}", row.task,
-                                                                   row.optimizer, "")  # fmt: skip
-            values = make_tables.collect(results_dir, point_row, "on", [metric])[key]
+            point_row = row if folder is None else row.at(f"where_to_inject/{folder}")
+            values = collect(results_dir, point_row, "on", [metric])[key]
             if len(values):
                 found |= folder is not None
                 ax.errorbar(x, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0, fmt="o",
@@ -266,21 +256,21 @@ EQ7_STYLE = {"authors": ("tab:red", "GAL, authors' term"), "taylor64": ("tab:gre
 
 
 def eq7_step_rows(results_dir: Path, row: Any, arm: str) -> list[dict[str, Any]]:
-    """Every GAL step row (all seeds) of one Eq. 7 arm of one task (make_tables.EQ7_ARMS)."""
-    experiment = dict((a, e) for a, e, _ in make_tables.EQ7_ARMS)[arm] or row.experiment
-    logs = Path(results_dir, "runs", experiment, row.task, row.optimizer, "on").glob("seed=*/log.jsonl")
-    return [r for log in sorted(logs) for r in read_log(log) if "remainder" in r]
+    """Every GAL step row (all seeds) of one Eq. 7 arm of one task (gal.report.eq7.EQ7_ARMS)."""
+    folder = dict((a, e) for a, e, _ in EQ7_ARMS)[arm] or row.folder
+    logs = Path(results_dir, "runs", folder, row.task, row.optimizer, "on").glob("seed=*/log.jsonl")
+    return [r for log in sorted(logs) for r in log_rows(log.parent) if "remainder" in r]
 
 
 def plot_eq7(results_dir: Path, path: Path) -> bool:
     """What h learns under each first-order term (make eq7), per task: the distribution of cos(dl/dz, v~), |r|
     against the loss change of the tentative step, and the fraction of steps taking g per epoch; False when
     no Eq. 7 run exists."""
-    data = {(row.title, arm): eq7_step_rows(results_dir, row, arm) for row, _ in make_tables.ABLATION_ROWS
+    data = {(row.title, arm): eq7_step_rows(results_dir, row, arm) for row, _ in task_rows()
             for arm in EQ7_STYLE}  # fmt: skip
     if not any(rows for (_, arm), rows in data.items() if arm != "authors"):
         return False
-    titles = [row.title for row, _ in make_tables.ABLATION_ROWS]
+    titles = [row.title for row, _ in task_rows()]
     fig, axes = plt.subplots(len(titles), 3, figsize=(13, 3.2 * len(titles)), squeeze=False)
     for (cos_ax, r_ax, g_ax), title in zip(axes, titles):
         for arm, (color, label) in EQ7_STYLE.items():
@@ -346,8 +336,9 @@ def throughput_lines(bench: dict[str, Any] | None, path: Path) -> list[str]:
 def table7(results_dir: Path) -> str:
     """Table VII: training time baseline vs GAL, ours (two benchmarks) beside the paper's."""
     overhead_path, throughput_path = results_dir / "bench/gal_overhead.json", results_dir / "bench/throughput.json"
-    paper = ["| Data set | baseline s/image | GAL s/image | GAL overhead |", "|" + " --- |" * 4]
-    paper += [f"| {name} | {base} | {gal} | {extra} |" for name, base, gal, extra in PAPER_TABLE7]
+    table = load("table7")  # the paper's numbers: results/paper/table7.yaml
+    paper = ["| Data set | " + " | ".join(table.columns) + " |", "|" + " --- |" * (1 + len(table.columns))]
+    paper += ["| " + " | ".join([row.title, *row.paper]) + " |" for row in table.rows]
     return "\n".join(
         [
             "# Table VII: training time, baseline vs GAL",
@@ -366,7 +357,7 @@ def table7(results_dir: Path) -> str:
             "",
             *paper,
             "",
-            f"Generated {date.today().isoformat()} by `{COMMAND}`.",
+            f"Generated {build_date()} by `{COMMAND}`.",
             "",
         ]
     )
@@ -389,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"curves_{run_set.experiment}_{run_set.task}_{run_set.optimizer}.png"
         plot_run_set(run_set, path)
         print(f"wrote {path}")
-    for ablation in make_tables.ABLATIONS if "ablations" in args.only else []:
+    for ablation in ABLATIONS if "ablations" in args.only else []:
         path = out / f"ablation_{ablation}.png"
         if plot_ablation(args.results, ablation, path):
             print(f"wrote {path}")

@@ -34,10 +34,9 @@ from torch.optim import Optimizer
 
 from gal.adjuster import FIRST_ORDERS, STEP_PRECISIONS, GradientAdjuster
 from gal.optim import OPTIMIZERS
+from gal.toy import START, TOLERANCE, step_within_best, toy_f
 
-START = (0.75, 1.0)
 ARCH = (64, 24)
-TOLERANCE = 1e-3  # a run has converged once f is within this of its best value
 WINDOW = (-1.5, 1.5)  # x and y range of the contour plots
 FIRST_ORDER_TEXT = {  # how each first-order term reads on the toy's one point (B = 1, d = 2)
     "mean": "eta~ (dl/dz * g).mean() over the two coordinates, the authors' toy code's (half of Eq. 7's)",
@@ -107,12 +106,6 @@ class Trace:
         self.points.append(tuple(point.tolist()))
 
 
-def toy_f(z: Tensor) -> Tensor:
-    """f(x, y) = -sin(x^2) cos(3 y^2) exp(-(x y)^2) - exp(-(x + y)^2) with (x, y) on z's last dim."""
-    x, y = z[..., 0], z[..., 1]
-    return -torch.sin(x**2) * torch.cos(3 * y**2) * torch.exp(-((x * y) ** 2)) - torch.exp(-((x + y) ** 2))
-
-
 def make_adjuster(
     alpha: float, beta: float, seed: int, first_order: str = "mean", precision: str = "float32"
 ) -> GradientAdjuster:
@@ -159,12 +152,6 @@ def run(
         optimizer.step()
     trace.record(point)
     return trace
-
-
-def step_within_best(f: list[float], tolerance: float = TOLERANCE) -> int:
-    """The first step at which f is within ``tolerance`` of its best (lowest) value."""
-    best = min(f)
-    return next(step for step, value in enumerate(f) if value <= best + tolerance)
 
 
 def steps_of(setting: Setting, steps_scale: float) -> int:

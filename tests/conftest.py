@@ -1,5 +1,10 @@
 """Shared fixtures: Hydra configs composed the way `python -m gal.train` composes them."""
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`: two workers on the cores; one thread each (and for the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # runs they start) instead of two threads per core
+
 from pathlib import Path
 
 import pytest

@@ -107,6 +107,6 @@ def test_detr_trains_under_torchrun_with_two_processes(tmp_path):
         "trainer.epochs=1", "trainer.progress=false", f"results_dir={tmp_path / 'results'}",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, cwd=tmp_path)
-    summary = json.loads((tmp_path / "results/runs/table4/coco/adamw/on/seed=0/metrics.json").read_text())
+    summary = json.loads((tmp_path / "results/runs/table4_detr_r50/coco/adamw/on/seed=0/metrics.json").read_text())
     assert summary["steps"] == 2  # 4 images, 2 ranks, 1 per step (a global batch of 2)
     assert set(summary["metrics"]) == {"AP", "AP50", "AP75", "APS", "APM", "APL"}

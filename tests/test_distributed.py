@@ -165,6 +165,7 @@ def kill_tree(pid: int) -> None:
 
 # slow (~50 s): make test covers kill -9 + resume in one process (gpu_check --cpu, test_train) and DDP apart
 @pytest.mark.slow
+@pytest.mark.serial
 def test_a_ddp_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
     # random adjustments draw from each rank's generator at every step: a rank resuming with another
     # rank's generators (or fresh ones) would train differently

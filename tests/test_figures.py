@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gal.report.ablations import ablation_variants
+from gal.report.render import task_rows
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_figures.py"
 STEPS_PER_EPOCH, EPOCHS = 4, 3
 
@@ -142,7 +145,7 @@ def test_ablation_figure_plots_each_variant_against_default_and_baseline(make_fi
     write_metrics("ablation_beta/beta=5.0", "on", [2.5])
     path = tmp_path / "ablation_beta.png"
     assert make_figures.plot_ablation(tmp_path, "beta", path) and path.stat().st_size > 0
-    assert make_figures.make_tables.ablation_variants(tmp_path, "beta") == ["beta=5.0", "beta=10.0"]
+    assert ablation_variants(tmp_path, "beta") == ["beta=5.0", "beta=10.0"]
 
 
 def test_eq7_diagnostics_plot_each_arm_of_make_eq7(make_figures, tmp_path: Path) -> None:
@@ -153,5 +156,5 @@ def test_eq7_diagnostics_plot_each_arm_of_make_eq7(make_figures, tmp_path: Path)
                 tmp_path / "runs" / experiment / "diabetes" / "adam" / "on" / f"seed={seed}", True, seed, "eval/mse"
             )
     assert make_figures.plot_eq7(tmp_path, tmp_path / "eq7.png") and (tmp_path / "eq7.png").stat().st_size > 0
-    rows = make_figures.eq7_step_rows(tmp_path, make_figures.make_tables.ABLATION_ROWS[1][0], "taylor64")
+    rows = make_figures.eq7_step_rows(tmp_path, task_rows()[1][0], "taylor64")
     assert len(rows) == 2 * STEPS_PER_EPOCH * EPOCHS and all("remainder" in r for r in rows)

@@ -100,6 +100,7 @@ def test_each_model_is_its_paper_row_with_gal_on():
     assert rows["detr_r50_coco"].trainer.clip_grad_norm == 0.1 and not rows["detr_r50_coco"].trainer.tf32
 
 
+@pytest.mark.serial
 def test_the_whole_check_runs_on_the_cpu_phase_by_phase(tmp_path):
     """What a GPU session runs, on tiny models: every phase finishes, every case is ok, the report is complete."""
     result, _ = check("--cpu", "--out-dir", str(tmp_path))
@@ -134,6 +135,7 @@ def test_the_whole_check_runs_on_the_cpu_phase_by_phase(tmp_path):
     assert "gpu_check PASSED" in log and "[b] trainer/cifar100_sgd/fp32/resume: ok" in log
 
 
+@pytest.mark.serial
 def test_a_stuck_case_is_stopped_at_its_phase_deadline_and_a_dead_worker_costs_one_case(tmp_path):
     faults = ["--crash-in", "effnet_b1_cifar/bf16/eager", "--hang-in", "resnet50_imagenet/bf16/eager"]
     result, seconds = check("--cpu", "--out-dir", str(tmp_path), "--phases", "a", "--phase-s", "a=45", *faults)

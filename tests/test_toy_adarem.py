@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from gal.optim import OPTIMIZERS
+from gal.report.toy import markdown
+from gal.toy import START
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "toy_adarem.py"
 spec = importlib.util.spec_from_file_location("toy_adarem", SCRIPT)
@@ -33,7 +35,7 @@ def test_start_points_are_reproducible_per_seed_and_differ_across_seeds():
     assert torch.equal(toy_adarem.start_point(3), toy_adarem.start_point(3))
     starts = torch.stack([toy_adarem.start_point(seed) for seed in range(5)])
     assert len({tuple(start.tolist()) for start in starts}) == 5
-    assert (starts - torch.tensor(toy_adarem.toy3d.START)).abs().max() <= toy_adarem.SPREAD
+    assert (starts - torch.tensor(START)).abs().max() <= toy_adarem.SPREAD
 
 
 def test_q_of_a_straight_path_is_one():
@@ -51,7 +53,7 @@ def test_json_round_trips_into_markdown(tmp_path):
     for name, (_, grid, _) in toy_adarem.OPTIMIZERS_COMPARED.items():
         assert [float(lr) for lr in data["runs"][name]] == list(grid)
         assert all(len(values) == 2 for by_lr in data["runs"][name].values() for values in by_lr.values())
-    text = toy_adarem.markdown(data)
+    text = markdown(data)
     assert text.startswith("## Toy problem (Fig. 4's f)\n")
     assert "### Toy problem: every lr" in text and "`python scripts/toy_adarem.py --out" in text
     summary = text.split("Paired t-tests")[0]
