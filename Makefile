@@ -36,7 +36,7 @@ ifneq ($(wildcard $(SHARED_DATA)/boston/boston_house_prices.csv),)
 export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
-.PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 \
+.PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 paper-files \
 	digits eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-startup bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
 	clean-venv
 
@@ -206,6 +206,9 @@ coco-detr-%-eval: venv  ## COCO AP of a DETR checkpoint, CKPT=<file> (coco-detr-
 
 table1 table2 table3 table4 digits: venv  ## a paper table (or digits') from the runs there are
 	$(PY) scripts/make_tables.py $@
+
+paper-files: venv  ## after editing results/paper/*.yaml: regenerate results/paper/rows.mk and the README's paper table
+	$(PY) scripts/make_tables.py --make-rows --readme
 
 # Ablations (configs/ablation/*.yaml, Hydra sweeps over GAL settings): `make ablation-policy` runs
 # on the paper's setting (CIFAR-100, EfficientNet-B1, SGD); EXP=<experiment> runs it on any other.

@@ -24,9 +24,11 @@ from gal.results import METRICS_FILE
 
 CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = "run.lock"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.yaml"
 # Every file a run keeps in its directory, and what it holds (for messages)
 RUN_FILES = {
-    METRICS_FILE: "summary", CHECKPOINT_FILE: "checkpoint", "log.jsonl": "step log", "config.yaml": "resolved config",
+    METRICS_FILE: "summary", CHECKPOINT_FILE: "checkpoint", LOG_FILE: "step log", CONFIG_FILE: "resolved config",
     LOCK_FILE: "lock",
 }  # fmt: skip
 # Keys that may differ between the launches of one run: where it lives and is shown, how it is fed, what it

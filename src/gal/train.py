@@ -33,7 +33,7 @@ from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.errors import CheckpointError, ConfigError, RunExistsError
 from gal.inject import Injection
-from gal.lifecycle import CHECKPOINT_FILE, RunLock, check_run_files, plan_run
+from gal.lifecycle import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, RunLock, check_run_files, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import METRICS_FILE, environment, format_metrics, keep_best, write_json
@@ -277,10 +277,10 @@ def _train(
     wandb_run = None
     if dist_info.is_main:
         resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()  # what OmegaConf.save writes; a disk error: one line
-        write_atomically(run_dir / "config.yaml", lambda file: file.write(resolved))
+        write_atomically(run_dir / CONFIG_FILE, lambda file: file.write(resolved))
         if cfg.logger.wandb:
             wandb_run = start_wandb(cfg.logger.project, cfg.logger.mode, run_dir, str(run_dir), plain_cfg)
-    runlog = RunLog(run_dir / "log.jsonl", enabled=dist_info.is_main, wandb_run=wandb_run)
+    runlog = RunLog(run_dir / LOG_FILE, enabled=dist_info.is_main, wandb_run=wandb_run)
     runlog.truncate_after(step)
     progress = tqdm(
         total=epochs * len(train_loader),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gal.lifecycle import LOG_FILE
 from gal.report.paper import Location, Metric, experiment_location
 from gal.results import load_metrics, run_dirs
 
@@ -102,7 +103,7 @@ def reported_metrics(run_dir: Path, summary: dict, which: str) -> dict[str, floa
 
 def log_rows(run_dir: Path) -> list[dict]:
     """A run's log.jsonl, one dict per line (training steps carry "step", evaluations "split")."""
-    with open(Path(run_dir) / "log.jsonl") as log:
+    with open(Path(run_dir) / LOG_FILE) as log:
         return [json.loads(line) for line in log]
 
 
