@@ -56,3 +56,10 @@ def test_composing_or_refusing_a_command_imports_no_torch(argv, tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert json.loads(result.stdout.strip().splitlines()[-1]) is False, result.stderr[-2000:]
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_the_tables_import_no_torch():
+    """scripts/make_tables.py reads metrics.json files: importing gal.report (and gal.results) loads no torch."""
+    code = "import sys, json; import gal.report, gal.results; print(json.dumps('torch' in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) is False

@@ -20,12 +20,10 @@ from typing import Any
 
 from gal.checkpoint import load_checkpoint
 from gal.errors import ConfigError, RunExistsError, RunLockedError, StorageError
-from gal.results import METRICS_FILE
+from gal.results import CONFIG_FILE, LOG_FILE, METRICS_FILE
 
 CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = "run.lock"
-LOG_FILE = "log.jsonl"
-CONFIG_FILE = "config.yaml"
 # Every file a run keeps in its directory, and what it holds (for messages)
 RUN_FILES = {
     METRICS_FILE: "summary", CHECKPOINT_FILE: "checkpoint", LOG_FILE: "step log", CONFIG_FILE: "resolved config",

@@ -7,20 +7,26 @@ that was best by the task's objective ("best", with its epoch), and the machine 
 versions that produced them ("environment").
 """
 
+from __future__ import annotations
+
 import json
 import platform
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from gal.storage import write_atomically
 
+if TYPE_CHECKING:  # torch is imported where a run needs it: reading results (the tables) does without
+    import torch
+
 METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"  # one JSON line per logged step and evaluation (gal.runlog)
+CONFIG_FILE = "config.yaml"  # the resolved config, written when the run starts
 # the libraries whose versions a run records: the numbers can move with any of them
 LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "hydra-core", "pycocotools")
 
@@ -38,6 +44,8 @@ def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     Runs are bit-for-bit repeatable on the same machine with the same thread count; another CPU model rounds
     differently, and long runs amplify that, so metrics.json records where each number came from.
     """
+    import torch
+
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "cpu": _cpu_model(),
@@ -64,6 +72,8 @@ def _cpu_model() -> str:
 
 @cache
 def _library_versions() -> dict[str, str | None]:
+    import torch
+
     versions: dict[str, str | None] = {"torch": torch.__version__}  # with its build (e.g. +cu130)
     for name in LIBRARIES[1:]:
         try:

@@ -33,10 +33,10 @@ from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.errors import CheckpointError, ConfigError, RunExistsError
 from gal.inject import Injection
-from gal.lifecycle import CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, RunLock, check_run_files, plan_run
+from gal.lifecycle import CHECKPOINT_FILE, RunLock, check_run_files, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import METRICS_FILE, environment, format_metrics, keep_best, write_json
+from gal.results import CONFIG_FILE, LOG_FILE, METRICS_FILE, environment, format_metrics, keep_best, write_json
 from gal.rng import random_seed, rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gal.lifecycle import LOG_FILE
 from gal.report.paper import Location, Metric, experiment_location
-from gal.results import load_metrics, run_dirs
+from gal.results import LOG_FILE, load_metrics, run_dirs
 
 PROTOCOL_SEEDS = range(5)  # the paper's protocol: 5 seeds (Table V; Tables I-IV run 3, seeds 0-2)
 CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison
@@ -107,10 +106,13 @@ def log_rows(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in log]
 
 
-def step_means(results_dir: Path, runs: Runs, keys: tuple[str, ...]) -> dict[str, float]:
-    """Each key's mean over every logged training step of every run of one GAL arm (|r| for "remainder")."""
+def step_means(results_dir: Path, runs: Runs, keys: tuple[str, ...], seeds: range = PROTOCOL_SEEDS) -> dict[str, float]:
+    """Each key's mean over every logged training step of the runs of one GAL arm whose seed is in ``seeds`` (the
+    seeds its metrics are read from), |r| for "remainder"."""
     values: dict[str, list[float]] = {key: [] for key in keys}
     for run in run_dirs(results_dir, runs.folder, runs.task, runs.optimizer, "on"):
+        if int(run.name.removeprefix("seed=")) not in seeds:
+            continue
         for entry in log_rows(run):
             for key in keys:
                 if key in entry and "step" in entry:
