@@ -31,9 +31,10 @@ import numpy as np  # noqa: E402
 from gal.report import build_date  # noqa: E402
 from gal.report.ablations import ABLATIONS, ablation_variants  # noqa: E402
 from gal.report.collect import collect, log_rows  # noqa: E402
-from gal.report.eq7 import EQ7_ARMS  # noqa: E402
+from gal.report.eq7 import eq7_sources  # noqa: E402
 from gal.report.paper import load  # noqa: E402
 from gal.report.render import WHERE_POINTS, task_rows  # noqa: E402
+from gal.results import LOG_FILE, run_seed  # noqa: E402
 
 COMMAND = "python scripts/make_figures.py"
 EVAL_LOSS_KEYS = ("eval/loss", "eval/mse")  # classification logs a loss; regression only the MSE
@@ -66,9 +67,9 @@ def find_run_sets(results_dir: Path) -> list[RunSet]:
     """Every experiment/task/optimizer folder under runs/ with at least one seed's log.jsonl."""
     grouped: dict[tuple[str, str, str], dict[str, dict[int, list[dict[str, Any]]]]] = {}
     for log in sorted(Path(results_dir, "runs").glob("*/*/*/*/seed=*/log.jsonl")):
-        experiment, task, optimizer, gal, seed = log.parts[-6:-1]
+        experiment, task, optimizer, gal = log.parts[-6:-2]
         arm = grouped.setdefault((experiment, task, optimizer), {}).setdefault(gal, {})
-        arm[int(seed.removeprefix("seed="))] = log_rows(log.parent)
+        arm[run_seed(log.parent)] = log_rows(log.parent)
     return [RunSet(*key, arms) for key, arms in sorted(grouped.items())]
 
 
@@ -256,9 +257,9 @@ EQ7_STYLE = {"authors": ("tab:red", "GAL, authors' term"), "taylor64": ("tab:gre
 
 
 def eq7_step_rows(results_dir: Path, row: Any, arm: str) -> list[dict[str, Any]]:
-    """Every GAL step row (all seeds) of one Eq. 7 arm of one task (gal.report.eq7.EQ7_ARMS)."""
-    folder = dict((a, e) for a, e, _ in EQ7_ARMS)[arm] or row.folder
-    logs = Path(results_dir, "runs", folder, row.task, row.optimizer, "on").glob("seed=*/log.jsonl")
+    """Every GAL step row (all seeds) of one Eq. 7 arm of one task, where gal.report.eq7.eq7_sources puts it."""
+    runs, gal = eq7_sources(row)[arm]
+    logs = Path(results_dir, "runs", runs.folder, runs.task, runs.optimizer, gal).glob(f"seed=*/{LOG_FILE}")
     return [r for log in sorted(logs) for r in log_rows(log.parent) if "remainder" in r]
 
 

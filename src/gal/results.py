@@ -83,11 +83,15 @@ def _library_versions() -> dict[str, str | None]:
     return versions
 
 
+def run_seed(run_dir: Path) -> int:
+    """The seed of a run directory, from its name ``seed=<n>``."""
+    return int(Path(run_dir).name.removeprefix("seed="))
+
+
 def run_dirs(results_dir: Path, experiment: str, task: str, optimizer: str, gal: str) -> list[Path]:
     """Finished runs (those with a metrics.json) of one arm, all seeds, sorted by seed."""
     arm = Path(results_dir) / "runs" / experiment / task / optimizer / gal
-    found = [p.parent for p in arm.glob(f"seed=*/{METRICS_FILE}")]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("seed=")))
+    return sorted((p.parent for p in arm.glob(f"seed=*/{METRICS_FILE}")), key=run_seed)
 
 
 def load_metrics(run_dir: Path) -> dict[str, Any]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from gal.report.paper import Location, Metric, experiment_location
-from gal.results import LOG_FILE, load_metrics, run_dirs
+from gal.results import LOG_FILE, load_metrics, run_dirs, run_seed
 
 PROTOCOL_SEEDS = range(5)  # the paper's protocol: 5 seeds (Table V; Tables I-IV run 3, seeds 0-2)
 CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison
@@ -48,7 +47,6 @@ class Runs:
     command: str
     reported: str = "last"  # "best": each run's best evaluation by the task's objective (metrics.json "best")
     paper: dict = field(default_factory=dict)  # the paper's values: {baseline, gal[, t_p]}, one per metric
-    unavailable: Callable[[], str | None] | None = None
 
     @classmethod
     def of(cls, title: str, experiment: str, command: str, **kwargs) -> Runs:
@@ -62,8 +60,8 @@ class Runs:
 
     def missing_reason(self) -> str:
         """Why there are no runs: the data set's own error, or the command that makes them."""
-        problem = self.unavailable() if self.unavailable else data_problem(self.task)
-        return problem or f"no finished runs under results/runs/{self.folder}/{self.task}/ (run `{self.command}`)"
+        missing = f"no finished runs under results/runs/{self.folder}/{self.task}/ (run `{self.command}`)"
+        return data_problem(self.task) or missing
 
 
 Arm = tuple[Runs, str]  # runs and their GAL folder, "off" or "on"
@@ -79,8 +77,7 @@ def collect_by_seed(
     results_dir: Path, runs: Runs, gal: str, metrics: list[Metric], seeds: range
 ) -> dict[int, dict[str, float]]:
     """seed -> {metric: value} for the finished runs of one arm whose seed is in ``seeds``, in seed order."""
-    found = {int(d.name.removeprefix("seed=")): d for d in run_dirs(results_dir, runs.folder, runs.task,
-                                                                    runs.optimizer, gal)}  # fmt: skip
+    found = {run_seed(d): d for d in run_dirs(results_dir, runs.folder, runs.task, runs.optimizer, gal)}
     summaries = {seed: (d, load_metrics(d)) for seed, d in found.items() if seed in seeds}
     reported = {
         seed: None if "diverged" in s else reported_metrics(d, s, runs.reported) for seed, (d, s) in summaries.items()
@@ -111,7 +108,7 @@ def step_means(results_dir: Path, runs: Runs, keys: tuple[str, ...], seeds: rang
     seeds its metrics are read from), |r| for "remainder"."""
     values: dict[str, list[float]] = {key: [] for key in keys}
     for run in run_dirs(results_dir, runs.folder, runs.task, runs.optimizer, "on"):
-        if int(run.name.removeprefix("seed=")) not in seeds:
+        if run_seed(run) not in seeds:
             continue
         for entry in log_rows(run):
             for key in keys:

@@ -46,7 +46,7 @@ def task_rows() -> tuple[tuple[Runs, Metric], ...]:
     and injection-point table compares them on."""
     table5 = load("table5")
     rows = [(runs, table5.metrics[1]) for runs in table_runs(table5)]  # MSE
-    return (*rows, (Runs.of("Digits", "digits", "make reproduce-digits"), DIGITS.metrics[0]))
+    return (*rows, (Runs.of("Digits", "digits", DIGITS.command), DIGITS.metrics[0]))
 
 
 def comparison_table(results_dir: Path, table: PaperTable, rows: list[Runs] | None = None) -> str:
