@@ -37,7 +37,7 @@ export GAL_BOSTON_CSV ?= $(SHARED_DATA)/boston/boston_house_prices.csv
 endif
 
 .PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 paper-files \
-	digits eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-startup bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
+	digits table5-readings tuned eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-startup bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
 	clean-venv
 
 help:  ## this list
@@ -105,6 +105,68 @@ reproduce-regression: venv  ## Table V + its alpha sweep from real runs (5 seeds
 
 table5: venv  ## Table V's tables from the runs there are
 	$(PY) scripts/make_tables.py table5 table5_alpha
+
+# Table V's readings: the paper gives no preprocessing, epochs or lr, so the baseline and GAL (alpha = beta = 0.001)
+# train over a grid of readings of its recipe: feature scaling x target scaling x epochs (a third of the recipe's,
+# the recipe's, three times it) x Adam's lr, 54 per data set, 5 seeds per arm; one target per data set, arm and lr
+# (a --multirun in one process, one thread), $(JOBS) at a time. Then the three readings closest to the paper's
+# baseline run seeds 0-19, with the fixed split and with per-seed splits, and the table and the figure.
+READINGS_EPOCHS_boston := 33,100,300
+READINGS_EPOCHS_diabetes := 10,30,90
+READINGS_EPOCHS_california := 10,30,90
+READINGS_LRS := 0.01 0.001 0.0001
+READING_NAME := x_$${task.feature_scaling}-y_$${task.target_scaling}-e$${trainer.epochs}-lr$${optimizer.lr}
+READINGS_RUN = $(ONE_THREAD) $(RUN) trainer.checkpoint=false trainer.on_nonfinite=record
+readings-runs/%: venv
+	$(READINGS_RUN) experiment=table5_$(word 1,$(subst /, ,$*)) gal=$(word 2,$(subst /, ,$*)) \
+	  optimizer.lr=$(word 3,$(subst /, ,$*)) task.feature_scaling=standard,minmax,none task.target_scaling=standard,none \
+	  trainer.epochs=$(READINGS_EPOCHS_$(word 1,$(subst /, ,$*))) 'name=table5_readings/$(READING_NAME)' \
+	  seed=$(REGRESSION_SEEDS) $(ARGS) || echo "readings $* did not finish (see above)"
+# readings-confirm/<set>/<feature scaling>/<target scaling>/<epochs>/<lr>/<fixed|per_seed>: one reading, both arms,
+# seeds 0-19 (per_seed: in table5_readings_per_seed/, each seed its own split)
+readings-confirm/%: venv
+	$(READINGS_RUN) experiment=table5_$(word 1,$(subst /, ,$*)) gal=off,on task.feature_scaling=$(word 2,$(subst /, ,$*)) \
+	  task.target_scaling=$(word 3,$(subst /, ,$*)) trainer.epochs=$(word 4,$(subst /, ,$*)) \
+	  optimizer.lr=$(word 5,$(subst /, ,$*)) task.split=$(word 6,$(subst /, ,$*)) \
+	  'name=table5_readings$(if $(filter per_seed,$(word 6,$(subst /, ,$*))),_per_seed)/$(READING_NAME)' \
+	  seed=$(CONFIRM_SEEDS) $(ARGS) || echo "readings confirm $* did not finish (see above)"
+READINGS_RUNS := $(foreach d,california boston diabetes,$(foreach a,on off,$(foreach lr,$(READINGS_LRS),readings-runs/$(d)/$(a)/$(lr))))
+
+table5-readings: venv  ## Table V over 54 readings of its unstated recipe (5 seeds), the 3 nearest the paper's baseline with 20 (~2 h)
+	$(MAKE) --no-print-directory -j$(JOBS) $(READINGS_RUNS)
+	cells=$$($(PY) scripts/make_tables.py --readings-confirm-targets) && $(CELLS_MAKE) -j$(JOBS) $$cells
+	$(PY) scripts/make_tables.py table5_readings
+	$(PY) scripts/make_figures.py --only table5_readings
+
+# Equal-budget tuning on a validation split: for each of Table V's sets and digits, the baseline and GAL each get an
+# Optuna TPE search of TUNE_TRIALS trials (the same sampler seed; GAL searches alpha and beta besides), every trial
+# scored on task.val_size = 0.2 of the training rows; each arm's best trial then runs seeds 0-19, scored on the
+# test split (configs/hparams_search/tune_*.yaml). tune-search/<set>/<off|on>, tune-final/<set>/<off|on>.
+TUNE_SETS := california boston diabetes digits
+TUNE_TRIALS ?= 30
+tune_experiment = $(if $(filter digits,$(1)),digits,table5_$(1))
+tune_arm = $(if $(filter on,$(1)),gal,baseline)
+# each set's ranges beyond tune_baseline.yaml's: epochs a third to three times the recipe's; California's batch
+# around its recipe's 128; digits' SGD lr
+TUNE_SPACE_boston := 'trainer.epochs=int(interval(33, 300))'
+TUNE_SPACE_diabetes := 'trainer.epochs=int(interval(10, 90))'
+TUNE_SPACE_california := 'trainer.epochs=int(interval(10, 90))' 'task.global_batch_size=choice(64, 128, 256, 512)'
+TUNE_SPACE_digits := 'trainer.epochs=int(interval(7, 60))' 'optimizer.lr=tag(log, interval(1e-3, 0.5))'
+tune-search/%: venv
+	$(ONE_THREAD) $(PY) -m gal hparams_search=tune_$(call tune_arm,$(word 2,$(subst /, ,$*))) \
+	  experiment=$(call tune_experiment,$(word 1,$(subst /, ,$*))) trainer.if_exists=skip trainer.progress=false \
+	  hydra.sweeper.n_trials=$(TUNE_TRIALS) $(TUNE_SPACE_$(word 1,$(subst /, ,$*))) $(ARGS) \
+	  || echo "tuning search $* did not finish (see above)"
+tune-final/%: venv
+	$(CELLS_MAKE) tune-search/$*
+	overrides="$$($(PY) scripts/make_tables.py --tuned-overrides $(word 1,$(subst /, ,$*)) $(word 2,$(subst /, ,$*)))" \
+	  && $(ONE_THREAD) $(RUN) experiment=$(call tune_experiment,$(word 1,$(subst /, ,$*))) gal=$(word 2,$(subst /, ,$*)) \
+	  task.val_size=0.2 trainer.checkpoint=false trainer.on_nonfinite=record $$overrides name=tuned/final \
+	  seed=$(CONFIRM_SEEDS) $(ARGS) || echo "tuned runs $* did not finish (see above)"
+
+tuned: venv  ## equal-budget tuning of both arms on validation (Table V sets, digits), best trial x 20 seeds (~1 h)
+	$(MAKE) --no-print-directory -j$(JOBS) $(foreach s,$(TUNE_SETS),$(foreach a,off on,tune-final/$(s)/$(a)))
+	$(PY) scripts/make_tables.py tuned
 
 # digits: one target per arm (a --multirun over the seeds, one process: start-up is paid once), side by side
 digits-runs/%: venv

@@ -33,6 +33,7 @@ from gal.report.ablations import ABLATIONS, ablation_variants  # noqa: E402
 from gal.report.collect import collect, log_rows  # noqa: E402
 from gal.report.eq7 import eq7_sources  # noqa: E402
 from gal.report.paper import load  # noqa: E402
+from gal.report.readings import effects as reading_effects  # noqa: E402
 from gal.report.render import WHERE_POINTS, task_rows  # noqa: E402
 from gal.results import LOG_FILE, run_seed  # noqa: E402
 
@@ -42,7 +43,7 @@ ARM_LABEL = {"off": "baseline", "on": "GAL"}
 # Fig. 5: GAL dashed over a wide, pale baseline, so both show where the curves coincide
 CURVE_STYLE = {"off": {"color": "tab:blue", "ls": "-", "lw": 3.0, "alpha": 0.5},
                "on": {"color": "tab:red", "ls": "--", "lw": 1.3, "alpha": 1.0}}  # fmt: skip
-OUTPUTS = ("curves", "ablations", "where_to_inject", "eq7", "table7")
+OUTPUTS = ("curves", "ablations", "where_to_inject", "eq7", "table5_readings", "table7")
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,31 @@ def plot_where_to_inject(results_dir: Path, path: Path) -> bool:
     return found
 
 
+def plot_readings(results_dir: Path, path: Path) -> bool:
+    """Table V's readings: one point per reading, x its baseline's distance d from the paper's baseline, y GAL's
+    effect on MSE in baseline stds (below 0: GAL better); one panel per data set. False when there are none."""
+    points = reading_effects(results_dir)
+    if not any(points.values()):
+        return False
+    fig, axes = plt.subplots(1, len(points), figsize=(4.5 * len(points), 4.0), squeeze=False)
+    for ax, (title, cells) in zip(axes[0], points.items()):
+        finite = [(d, e) for d, e in cells if np.isfinite(d) and np.isfinite(e)]
+        if finite:
+            x, y = np.array(finite).T
+            ax.scatter(x, y, s=14, color="tab:red", alpha=0.7)
+            ax.set_xscale("log")
+        ax.axhline(0, color="gray", lw=0.8)
+        ax.axvline(1, color="tab:blue", ls="--", lw=0.8, label="d = 1 (within the paper's std)")
+        ax.set(title=f"{title} ({len(finite)} readings)", xlabel="d: baseline's distance from the paper's (paper stds)",
+               ylabel="GAL − baseline, MSE (baseline stds)")  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.suptitle("Table V over readings of its recipe: GAL's effect against the baseline's distance from the paper's")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 EQ7_STYLE = {"authors": ("tab:red", "GAL, authors' term"), "taylor64": ("tab:green", "Eq. 7, float64"),
              "taylor32": ("tab:purple", "Eq. 7, float32")}  # fmt: skip
 
@@ -389,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {out / 'where_to_inject.png'}")
     if "eq7" in args.only and plot_eq7(args.results, out / "eq7_diagnostics.png"):
         print(f"wrote {out / 'eq7_diagnostics.png'}")
+    if "table5_readings" in args.only and plot_readings(args.results, out / "table5_readings.png"):
+        print(f"wrote {out / 'table5_readings.png'}")
     if "table7" in args.only:
         tables = args.results / "tables"
         tables.mkdir(parents=True, exist_ok=True)

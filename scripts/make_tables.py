@@ -4,6 +4,7 @@
     python scripts/make_tables.py table1 table2 table3 table4 digits
     python scripts/make_tables.py --make-rows             # paper_rows.mk from results/paper/*.yaml
     python scripts/make_tables.py --readme                # the README's paper table from results/paper/readme.yaml
+    python scripts/make_tables.py table5_readings tuned   # what `make table5-readings` and `make tuned` end with
 
 Every number comes from a metrics.json written by `python -m gal`; a row with no runs is marked missing with the
 reason (the data set's own error, or the command to run). The footer's date is today's, or SOURCE_DATE_EPOCH's.
@@ -16,6 +17,8 @@ from pathlib import Path
 from gal.report import TABLES, build_date
 from gal.report.ablations import adarem_confirm_targets
 from gal.report.paper import MAKE_ROWS_FILE, ROOT, make_rows, with_readme_table
+from gal.report.readings import confirm_targets as readings_confirm_targets
+from gal.report.tuned import best_overrides
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,13 +28,25 @@ def main(argv: list[str] | None = None) -> None:
         "--adarem-confirm-targets", action="store_true",
         help="print the make targets that run each optimizer's best AdaRem cell with seeds 0-19 (`make confirm`)",
     )  # fmt: skip
+    parser.add_argument(
+        "--readings-confirm-targets", action="store_true",
+        help="print the make targets that run Table V's 3 readings nearest the paper's baseline with seeds 0-19",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tuned-overrides", nargs=2, metavar=("SET", "ARM"),
+        help="print the overrides of the best trial of SET's (boston, ...) equal-budget search, ARM off or on",
+    )  # fmt: skip
     parser.add_argument("--make-rows", action="store_true", help=f"write {MAKE_ROWS_FILE.name} (the paper rows)")
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's paper table")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (runs/ inside)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/tables)")
     args = parser.parse_args(argv)
-    if args.adarem_confirm_targets:
-        print(" ".join(adarem_confirm_targets(args.results)))
+    if args.tuned_overrides:
+        print(" ".join(best_overrides(args.results, *args.tuned_overrides)))
+        return
+    if args.adarem_confirm_targets or args.readings_confirm_targets:
+        targets = adarem_confirm_targets if args.adarem_confirm_targets else readings_confirm_targets
+        print(" ".join(targets(args.results)))
         return
     if args.make_rows or args.readme:
         if args.make_rows:

@@ -19,10 +19,13 @@ REGRESSION = {"boston": 16.8, "diabetes": 3490.0, "california": 0.283}
 SCALE = {"boston": 1.0, "diabetes": 80.0, "california": 0.006}
 
 
-def _run(results: Path, folder: str, metrics: dict | None, best: dict | None = None, steps: list | None = None):
+def _run(results: Path, folder: str, metrics: dict | None, best: dict | None = None, steps: list | None = None,
+         config: dict | None = None):  # fmt: skip
     run = results / "runs" / folder
     run.mkdir(parents=True)
     summary = {"metrics": {}, "diverged": "loss is nan"} if metrics is None else {"metrics": metrics}
+    if config is not None:
+        summary["config"] = config
     if best is not None:
         summary["best"] = {"metric": "error", "epoch": 3, "metrics": best}
     write_json(summary, run / "metrics.json")
@@ -95,9 +98,65 @@ def write_fixture(results: Path) -> None:
         coco = {k: float(v + rng.random()) for k, v in zip(("AP", "AP50", "AP75", "APS", "APM", "APL"),
                                                             (39, 60, 41, 18, 42, 58))}  # fmt: skip
         _run(results, f"table4_detr_r50/coco/adamw/{gal}/seed=0", coco)  # R101 left out: its row says how to run it
+    _readings(results, np.random.default_rng(5))
+    _tuned(results, np.random.default_rng(7))
     (results / "toy").mkdir(parents=True)
     for name in ("adarem_toy.json", "eq7_toy.json"):
         shutil.copy(ROOT / "results" / "toy" / name, results / "toy" / name)
+
+
+PAPER_BASELINE = {"boston": (23.0956, 4.1695), "diabetes": (3226.0238, 38.8293), "california": (2.1168, 0.3629)}
+# (feature scaling, target scaling, epochs, lr, the baseline's MSE offset in paper stds, GAL's shift in seed stds)
+READINGS = [("standard", "standard", 30, 0.001, 3.0, 0.0), ("none", "none", 10, 0.01, 0.4, -2.5),
+            ("minmax", "standard", 90, 0.0001, 1.2, 0.5), ("none", "standard", 30, 0.01, 12.0, 0.0)]  # fmt: skip
+
+
+def _reading_metrics(rng, task: str, offset: float, shift: float) -> dict:
+    mean, std = PAPER_BASELINE[task]
+    mse = mean + std * offset + 0.3 * std * (rng.standard_normal() + shift)
+    return {"mae": float(np.sqrt(mse)), "mse": float(mse), "r2": float(1 - mse / (2 * mean))}
+
+
+def _readings(results: Path, rng) -> None:
+    """Table V's readings (gal.report.readings): 4 per data set at 5 seeds (one with a diverged GAL seed); the
+    nearest two with seeds 0-19 under both splits (the third's are missing); California has none."""
+    for task in ("boston", "diabetes"):
+        for index, (features, target, epochs, lr, offset, shift) in enumerate(READINGS):
+            name = f"x_{features}-y_{target}-e{epochs}-lr{lr}"
+            config = {"task": {"feature_scaling": features, "target_scaling": target}, "trainer": {"epochs": epochs},
+                      "optimizer": {"lr": lr}}  # fmt: skip
+            nearest = offset < 2
+            for folder, seeds in (("table5_readings", range(20 if nearest else 5)),
+                                  ("table5_readings_per_seed", range(20) if nearest else ())):  # fmt: skip
+                for gal in ("off", "on"):
+                    for seed in seeds:
+                        diverged = index == 3 and gal == "on" and seed == 1
+                        metrics = None if diverged else _reading_metrics(rng, task, offset, shift if gal == "on" else 0)
+                        _run(results, f"{folder}/{name}/{task}/adam/{gal}/seed={seed}", metrics, config=config)
+
+
+def _tuned(results: Path, rng) -> None:
+    """Equal-budget searches (gal.report.tuned): diabetes and digits finished with their 20 seeds, Boston searched
+    but its GAL seeds missing; California not searched."""
+    space = {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "trainer.epochs": "int(interval(10, 90))"}
+    for task, optimizer, finals in (("diabetes", "adam", ("off", "on")), ("digits", "sgd", ("off", "on")),
+                                    ("boston", "adam", ("off",))):  # fmt: skip
+        for gal in ("off", "on"):
+            search = results / "runs" / "tuned" / "search" / task / optimizer / gal
+            params = {**space, **({"gal.alpha": "tag(log, interval(1e-4, 0.5))"} if gal == "on" else {})}
+            search.mkdir(parents=True)
+            write_json({"arm": gal, "n_trials": 4, "sampler_seed": 0, "params": params}, search / "budget.json")
+            best = {"optimizer.lr": 0.0031, "trainer.epochs": 41, **({"gal.alpha": 0.002} if gal == "on" else {})}
+            (search / "optimization_results.yaml").write_text(
+                "name: optuna\nbest_params:\n" + "".join(f"  {k}: {v}\n" for k, v in best.items())
+                + f"best_value: {3300.5 if task != 'digits' else 2.5}\n"
+            )  # fmt: skip
+            for trial in range(4 if gal == "off" else 3):
+                _run(results, f"tuned/search/{task}/{optimizer}/{gal}/trial={trial:03d}", {"mse": 1.0})
+            for seed in range(20) if gal in finals else ():
+                shift = -1.0 if task == "diabetes" and gal == "on" else 0.0
+                metrics = _digits(rng, shift) if task == "digits" else _regression(rng, task, shift)
+                _run(results, f"tuned/final/{task}/{optimizer}/{gal}/seed={seed}", metrics)
 
 
 if __name__ == "__main__":  # python -m tests.report_fixture <out dir>: the golden tables from this fixture

@@ -56,8 +56,9 @@ def test_optuna_search_over_alpha_and_beta_optimises_the_tasks_metric(tmp_path):
         assert trial["config"]["gal"]["enabled"]
         assert 1e-4 <= trial["config"]["gal"]["alpha"] <= 0.5 and 1e-3 <= trial["config"]["gal"]["beta"] <= 10
     summary = yaml.safe_load((tmp_path / "runs/search_alpha_beta/diabetes/adam/optimization_results.yaml").read_text())
-    best = min(trials, key=lambda t: t["metrics"]["mse"])
-    assert summary["best_value"] == pytest.approx(best["metrics"]["mse"])
+    best = min(trials, key=lambda t: t["selected"]["val"]["mse"])  # scored on validation, never on the test split
+    assert summary["best_value"] == pytest.approx(best["selected"]["val"]["mse"])
+    assert all(trial["config"]["task"]["val_size"] == 0.2 for trial in trials)
     assert summary["best_params"]["gal.alpha"] == pytest.approx(best["config"]["gal"]["alpha"])
 
 

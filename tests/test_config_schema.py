@@ -123,7 +123,8 @@ def test_every_task_schema_has_its_classs_arguments_and_defaults(task):
     cfg = compose_config([f"task={task}"])
     schema, parameters = OmegaConf.get_type(cfg.task), inspect.signature(get_class(cfg.task._target_)).parameters
     fields = {field.name: field.default for field in dataclasses.fields(schema)}
-    assert set(fields) == {"_target_", *parameters} - {"self"}
+    passed = {"seed"} if "split" in fields else set()  # the training seed, passed by gal.train.build_task
+    assert set(fields) == {"_target_", *parameters} - {"self", *passed}
     for name, default in fields.items():
         if default is not MISSING and name != "_target_":
             assert default == parameters[name].default, f"{schema.__name__}.{name}"

@@ -158,3 +158,17 @@ def test_eq7_diagnostics_plot_each_arm_of_make_eq7(make_figures, tmp_path: Path)
     assert make_figures.plot_eq7(tmp_path, tmp_path / "eq7.png") and (tmp_path / "eq7.png").stat().st_size > 0
     rows = make_figures.eq7_step_rows(tmp_path, task_rows()[1][0], "taylor64")
     assert len(rows) == 2 * STEPS_PER_EPOCH * EPOCHS and all("remainder" in r for r in rows)
+
+
+def test_readings_figure_has_a_point_per_reading(make_figures, tmp_path: Path) -> None:
+    from gal.report.readings import effects
+    from tests.report_fixture import write_fixture
+
+    assert not make_figures.plot_readings(tmp_path, tmp_path / "none.png")  # no readings, no figure
+    write_fixture(tmp_path / "fixture")
+    points = effects(tmp_path / "fixture")
+    assert [len(points[title]) for title in points] == [4, 4, 0]  # Boston, diabetes: 4 readings; California none
+    distances = [d for d, _ in points["Boston housing"]]
+    assert distances == sorted(distances)  # nearest the paper's baseline first
+    path = tmp_path / "readings.png"
+    assert make_figures.plot_readings(tmp_path / "fixture", path) and path.stat().st_size > 0

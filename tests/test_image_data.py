@@ -122,7 +122,8 @@ def test_image_folder_missing_says_the_layout(tmp_path, make_empty):
 
 
 def test_digits_split_is_fixed_stratified_and_shaped():
-    train, test = load_digits_split()
+    train, test, val = load_digits_split()
+    assert val is None  # no validation split unless val_size > 0
     x_train, y_train = train.tensors
     x_test, y_test = test.tensors
     assert x_train.shape == (1437, 1, 8, 8) and x_test.shape == (360, 1, 8, 8)
@@ -130,13 +131,13 @@ def test_digits_split_is_fixed_stratified_and_shaped():
     assert x_train.min() == 0 and x_train.max() == 1
     train_counts, test_counts = np.bincount(y_train.numpy()), np.bincount(y_test.numpy())
     np.testing.assert_allclose(test_counts / 360, (train_counts + test_counts) / 1797, atol=1 / 360)
-    again_train, _ = load_digits_split()
+    again_train, _, _ = load_digits_split()
     assert torch.equal(again_train.tensors[0], x_train) and torch.equal(again_train.tensors[1], y_train)
     check_num_classes(train, 10)
 
 
 def test_check_num_classes_names_both_numbers_and_the_key():
-    train, _ = load_digits_split()
+    train, _, _ = load_digits_split()
     with pytest.raises(ValueError, match=r"10 classes .* built for 100: set task.num_classes=10"):
         check_num_classes(train, 100)
 

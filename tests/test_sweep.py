@@ -136,7 +136,7 @@ def test_a_search_names_its_trials_by_number_leaves_no_empty_folder_and_lists_th
     assert sorted(p.name for p in search.glob("trial=*")) == ["trial=000", "trial=001"]
     assert [p for p in tmp_path.rglob("*") if p.is_dir() and not any(p.iterdir())] == []
     arms = summary_of(search)["arms"]
-    mse = [arm["metrics"]["mse"]["mean"] for arm in arms]
+    mse = [arm["metrics"]["val/mse"]["mean"] for arm in arms]  # ranked on the validation split, as Optuna scores
     assert mse == sorted(mse) and len(arms) == 2
     for arm in arms:  # each trial's values: in its config.yaml (the trainer's) and in its row's name
         trial_dir = search / arm["arm"].split()[0]

@@ -59,6 +59,21 @@ class GALStats:
         """Fraction of decisions in which g beat the vanilla gradient (Fig. 8b)."""
         return self.adjusted.float().mean()
 
+    def relative_change(self) -> Tensor:
+        """|g_used - dl/dz| / |dl/dz| per row of z: how much GAL changed the gradient the model received.
+
+        That is |v~| / |dl/dz| where the policy sent g (alpha exactly, under Eq. 4's scaling by ||dl/dz||) and 0
+        where it sent dl/dz. At d = 1 (a scalar output) g = dl/dz (1 +- alpha), so no step moves by more than alpha.
+        """
+        ratio = self.adjustment.norm(dim=-1) / self.grad.norm(dim=-1).clamp_min(_EPS)
+        used = self.adjusted.reshape(self.adjusted.shape + (1,) * (ratio.dim() - self.adjusted.dim()))
+        return ratio * used
+
+    def relative_change_summary(self) -> dict[str, Tensor]:
+        """The step's mean and largest :meth:`relative_change` over the rows of z (the trainer's step logs)."""
+        change = self.relative_change()
+        return {"relative_change": change.mean(), "relative_change_max": change.max()}
+
 
 def build_mlp(dim: int, arch: Sequence[int], bias: bool, activation: str | None) -> nn.Sequential:
     """The authors' h: Linear(dim, a1), ..., Linear(ak, dim), by default no activation."""

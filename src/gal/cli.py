@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from gal.config import declared_keys_only  # importing gal.config registers the schemas that configs/ extends
-from gal.errors import SetupError
+from gal.errors import ConfigError, SetupError
 
 # An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
 # (python -m gal, gal-train, submitit's unpickled task function), and configs/ sits beside src/ (editable install).
@@ -31,6 +32,13 @@ def task_objective(task_target: str) -> tuple[str, str]:
     return get_class(task_target).objective
 
 
+def searching() -> bool:
+    """Whether this job is a trial of a search: a sweeper other than Hydra's basic one (Optuna's)."""
+    if not HydraConfig.initialized():
+        return False
+    return "BasicSweeper" not in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_"))
+
+
 def run(cfg: DictConfig) -> float:
     """Hydra's task function: train one run and return the task's objective metric (for sweepers).
 
@@ -43,6 +51,11 @@ def run(cfg: DictConfig) -> float:
 
     try:
         declared_keys_only(cfg)
+        if searching() and not cfg.task.get("val_size"):
+            raise ConfigError(
+                "a search scores each trial on the validation split, and this task has none: set task.val_size "
+                "(e.g. 0.2; regression and digits), so the trials are not chosen on the test split"
+            )
         from gal.runlog import NonFiniteLossError
         from gal.train import train
 
@@ -64,7 +77,8 @@ def run(cfg: DictConfig) -> float:
         sweep.refuse(cfg.run_dir, error)  # a --multirun runs its other jobs; gal.sweep.SweepSummary lists this one
         metrics = {}
     metric, direction = task_objective(cfg.task._target_)
-    value = float(metrics.get(metric, math.nan))
+    # a search scores each trial on the validation split, never on the test split its numbers are reported on
+    value = float(metrics.get(f"val/{metric}" if searching() else metric, math.nan))
     # a diverged or refused run scores the worst value: hydra-optuna-sweeper stops the whole search on a NaN
     return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
 

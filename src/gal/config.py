@@ -18,6 +18,7 @@ validate() imports the modules whose names it checks against.
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from gal.errors import ConfigError
 
 IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
+SELECT = ("last", "best_val")  # the evaluation a run reports: its last, or the one best on the validation split
+SCALINGS = {"feature_scaling": ("standard", "minmax", "none"), "target_scaling": ("standard", "none")}
+SPLITS = ("fixed", "per_seed")  # = gal.tasks.SPLITS (this module imports no torch)
+# rows of the data sets whose test split the task draws (task.test_size of them; task.split), which validate() sizes
+# before any data is read (a Boston CSV of one's own is checked again once read)
+DATASET_ROWS = {"boston": 506, "diabetes": 442, "california": 20640, "digits": 1797}
+VALIDATION_DATASETS = (*DATASET_ROWS, "cifar10", "cifar100")  # where task.val_size applies (CIFAR: from its train set)
 ON_NONFINITE = ("error", "record")  # what a run does when the loss is NaN or inf
 
 
@@ -36,6 +44,7 @@ class TaskConfig:
 
     _target_: str = MISSING
     global_batch_size: int = MISSING  # over all processes
+    val_size: float = 0.0  # the fraction of the training split held out for validation (0: none; see validate)
 
 
 @dataclass
@@ -48,6 +57,9 @@ class RegressionTaskConfig(TaskConfig):
     split_seed: int = MISSING
     data_home: str | None = MISSING
     csv_path: str | None = MISSING
+    feature_scaling: str = "standard"  # standard | minmax | none (statistics of the training rows)
+    target_scaling: str = "standard"  # standard | none (the loss on the raw target; metrics in its units always)
+    split: str = "fixed"  # fixed (split_seed) | per_seed (the training seed draws the test split)
 
 
 @dataclass
@@ -69,6 +81,7 @@ class ClassificationTaskConfig(TaskConfig):
     label_smoothing: float = 0.0
     augment: dict[str, Any] | None = None
     split_seed: int = 0
+    split: str = "fixed"  # digits: fixed (split_seed) | per_seed (the training seed draws the test split)
 
 
 @dataclass
@@ -200,6 +213,7 @@ class TrainerConfig:
     on_nonfinite: str = MISSING
     tf32: bool = MISSING
     deterministic: bool = MISSING
+    select: str = MISSING  # last | best_val: which evaluation metrics.json's "selected" holds
 
 
 @dataclass
@@ -292,6 +306,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}] (NumPy's seed range); got {cfg.seed}")
     if "test_size" in task and not 0 < task.test_size < 1:
         raise ConfigError(f"task.test_size must be a fraction in (0, 1) (the test split); got {task.test_size}")
+    _splits(task)
+    _one_of("trainer.select", trainer.select, SELECT)
+    if trainer.select == "best_val" and not task.get("val_size"):
+        raise ConfigError(
+            "trainer.select=best_val picks an epoch on the validation split, and this run has none: set "
+            "task.val_size (e.g. 0.2), or trainer.select=last"
+        )
     _positive("gal.lr", gal.lr)
     _widths("gal.arch", gal.arch)
     _one_of("gal.first_order", gal.first_order, FIRST_ORDERS)
@@ -325,6 +346,37 @@ OPTIMIZER_RANGES: dict[str, tuple[Any, str]] = {
     "rmsproptf.alpha": (lambda v: 0 <= v < 1, "in [0, 1) (the squared gradients' decay)"),
     "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1), e.g. [0.9, 0.999]"),
 }
+
+
+def _splits(task: DictConfig) -> None:
+    """The split and scaling keys of the tasks that have them (regression, digits): names, and a validation
+    split that leaves at least one batch of training rows, from the data set's known size."""
+    for key, names in SCALINGS.items():
+        if key in task:
+            _one_of(f"task.{key}", task[key], names)
+    if "split" in task:
+        _one_of("task.split", task.split, SPLITS)
+    val_size, dataset = task.val_size, task.get("dataset", task._target_.rsplit(".", 1)[-1])
+    if not 0 <= val_size < 1:
+        raise ConfigError(f"task.val_size must be a fraction in [0, 1) of the training split; got {val_size}")
+    if val_size and dataset not in VALIDATION_DATASETS:
+        raise ConfigError(
+            f"task.val_size applies to {', '.join(VALIDATION_DATASETS)}, not {dataset}: set task.val_size=0 (its "
+            "evaluation split is the data set's own)"
+        )
+    if task.get("split", "fixed") != "fixed" and dataset not in DATASET_ROWS:
+        raise ConfigError(f"task.split=per_seed applies to {', '.join(DATASET_ROWS)}, not {dataset}: its test split "
+                          "is the data set's own; set task.split=fixed")  # fmt: skip
+    if dataset not in DATASET_ROWS:
+        return
+    rows = DATASET_ROWS[dataset]
+    training = rows - math.ceil(task.get("test_size", 0.2) * rows)  # scikit-learn's train_test_split sizes
+    left = training - math.ceil(val_size * training)
+    if val_size and left < task.global_batch_size:
+        raise ConfigError(
+            f"task.val_size={val_size} leaves {left} of {dataset}'s {training} training rows, fewer than one batch "
+            f"(task.global_batch_size={task.global_batch_size}): lower task.val_size or the batch"
+        )
 
 
 def _optimizer_ranges(optimizer: DictConfig) -> None:

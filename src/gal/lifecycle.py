@@ -20,7 +20,7 @@ from typing import Any
 
 from gal.checkpoint import load_checkpoint
 from gal.errors import ConfigError, RunExistsError, RunLockedError, StorageError
-from gal.results import CONFIG_FILE, LOG_FILE, METRICS_FILE
+from gal.results import CONFIG_FILE, LOG_FILE, METRICS_FILE, run_result
 
 CHECKPOINT_FILE = "last.pt"
 LOCK_FILE = "run.lock"
@@ -46,6 +46,11 @@ ADDED = {
     "gal.ddp": "global",
     "trainer.tf32": False,  # every run made before these two keys ran on a CPU, where neither changes a number
     "trainer.deterministic": False,
+    "trainer.select": "last",  # before a validation split existed: the last evaluation
+    "task.split": "fixed",
+    "task.val_size": 0.0,
+    "task.feature_scaling": "standard",  # the regression tasks' only scaling before the keys
+    "task.target_scaling": "standard",
 }
 SHOWN = 5  # differing keys quoted in an error
 
@@ -96,7 +101,7 @@ def plan_run(run_dir: Path, config: dict[str, Any], if_exists: str, epochs: int)
         check_same_config(run_dir, summary.get("config", {}), config)
         trained = summary.get("epochs", epochs)
         if "diverged" in summary or epochs == trained:
-            return Plan("reuse", summary["metrics"])
+            return Plan("reuse", run_result(summary))
         if trained == 0 and not checkpoint.exists():  # an evaluation of the initial or loaded weights only
             return Plan("fresh")
         if epochs < trained:

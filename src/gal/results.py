@@ -3,8 +3,9 @@
 A run lives in results/runs/<experiment>/<task>/<optimizer>/<gal>/seed=<n>/ and holds
 config.yaml, log.jsonl, last.pt (the latest epoch's checkpoint) and, once finished,
 metrics.json: the resolved config, the last evaluation's metrics ("metrics"), the evaluation
-that was best by the task's objective ("best", with its epoch), and the machine and library
-versions that produced them ("environment").
+that was best by the task's objective ("best", with its epoch), trainer.select's evaluation ("selected": the
+last, or the test metrics of the epoch best on the validation split), with a validation split its last and
+best evaluations ("val", "best_val"), and the machine and library versions that produced them ("environment").
 """
 
 from __future__ import annotations
@@ -99,18 +100,49 @@ def load_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def keep_best(
-    best: dict[str, Any] | None, metrics: dict[str, float], epoch: int, objective: tuple[str, str]
+    best: dict[str, Any] | None,
+    metrics: dict[str, float],
+    epoch: int,
+    objective: tuple[str, str],
+    test: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The better of ``best`` and this evaluation by the task's objective (metric, "minimize" | "maximize"):
     {"metric": name, "epoch": 0-based as in log.jsonl, "metrics": all of that evaluation's metrics}.
-    A NaN never wins over a number; on a tie the earlier epoch stays."""
+    A NaN never wins over a number; on a tie the earlier epoch stays.
+
+    With ``test`` (the same epoch's test metrics), ``metrics`` are the validation split's, which alone decide:
+    {"metric", "epoch", "val": ``metrics``, "metrics": ``test``}, so selection never looks at the test split."""
     metric, direction = objective
     value = metrics.get(metric, float("nan"))
     if best is not None:
-        held = best["metrics"].get(metric, float("nan"))
+        held = best["val" if test is not None else "metrics"].get(metric, float("nan"))
         if np.isnan(value) or not (np.isnan(held) or (value < held if direction == "minimize" else value > held)):
             return best
+    if test is not None:
+        return {"metric": metric, "epoch": epoch, "val": dict(metrics), "metrics": dict(test)}
     return {"metric": metric, "epoch": epoch, "metrics": dict(metrics)}
+
+
+def run_result(summary: dict[str, Any]) -> dict[str, float]:
+    """What a run returns to its caller and a search scores, from its metrics.json: trainer.select's test metrics,
+    and with a validation split its validation metrics as ``val/<name>`` (a summary from before "selected" was
+    kept: its last evaluation's metrics)."""
+    selected = summary.get("selected") or {"metrics": summary.get("metrics", {})}
+    return {**selected["metrics"], **{f"val/{k}": v for k, v in (selected.get("val") or {}).items()}}
+
+
+def selected_metrics(
+    select: str,
+    last: dict[str, float],
+    last_val: dict[str, float] | None,
+    best_val: dict[str, Any] | None,
+    last_epoch: int,
+) -> dict[str, Any]:
+    """trainer.select's evaluation, metrics.json's "selected": {"select", "epoch", "metrics" (test)[, "val"]}:
+    the last one (``"last"``), or the one best on the validation split (``"best_val"``, from :func:`keep_best`)."""
+    if select == "best_val":
+        return {"select": select, **best_val}
+    return {"select": select, "epoch": last_epoch, "metrics": dict(last), **({"val": last_val} if last_val else {})}
 
 
 @dataclass(frozen=True)

@@ -147,8 +147,9 @@ class RunLog:
         self._warned.update(key for key, _ in said)
         return [text for _, text in said]
 
-    def log_epoch(self, epoch: int, step: int, values: dict[str, float]) -> None:
-        self._write([{"step": step, "epoch": epoch, **{f"eval/{k}": v for k, v in values.items()}}])
+    def log_epoch(self, epoch: int, step: int, values: dict[str, float], split: str = "eval") -> None:
+        """One evaluation's row, its metrics as ``<split>/<name>`` (``eval``: the test split; ``val``)."""
+        self._write([{"step": step, "epoch": epoch, **{f"{split}/{k}": v for k, v in values.items()}}])
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if not self.enabled:

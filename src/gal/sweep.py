@@ -101,18 +101,75 @@ def _remove_empty(folder: Path, stop: Path) -> None:
         folder = folder.parent
 
 
+BUDGET_FILE = "budget.json"  # an equal-budget search's trials, sampler seed and ranges, in its sweep folder
+ARMS = ("off", "on")  # the two arms of an equal-budget tuning, as their GAL choice names them
+
+
+def check_equal_budget(sweep_dir: Path, arm: str, sweeper: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The budget of one arm's search (``arm`` off | on, its folder ``sweep_dir`` beside the other arm's), checked
+    against the other arm's budget.json: the same trial count, sampler seed and ranges for every key the baseline
+    searches (the GAL arm adds only gal.* keys). The ranges are hydra.sweeper.params with the command line's sweep
+    ``overrides`` over them, as the Optuna sweeper takes them. A mismatch is a one-line ConfigError, raised before
+    any trial."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gal.errors import ConfigError
+
+    if arm not in ARMS:
+        raise ConfigError(f"an equal-budget search compares gal=off with gal=on; this one is gal={arm}")
+    params = {str(key): str(value) for key, value in (sweeper.params or {}).items()}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_sweep_override():
+            params[override.get_key_element()] = override.input_line.split("=", 1)[1]  # as typed: "interval(1, 9)"
+    budget = {"arm": arm, "n_trials": int(sweeper.n_trials), "sampler_seed": sweeper.sampler.seed, "params": params}
+    other_file = Path(sweep_dir).parent / ARMS[1 - ARMS.index(arm)] / BUDGET_FILE
+    if not other_file.exists():
+        return budget
+    other = json.loads(other_file.read_text())
+    baseline, gal = (budget, other) if arm == "off" else (other, budget)
+    problems = [
+        f"{key} {budget[key]} here, {other[key]} in {other_file}"
+        for key in ("n_trials", "sampler_seed")
+        if budget[key] != other[key]
+    ]
+    problems += [
+        f"{key}: {baseline['params'].get(key)} (baseline) vs {gal['params'].get(key)} (GAL)"
+        for key in sorted(baseline["params"].keys() | gal["params"].keys())
+        if not key.startswith("gal.") and baseline["params"].get(key) != gal["params"].get(key)
+    ]
+    if problems:
+        raise ConfigError(
+            f"the two arms of an equal-budget search would differ ({'; '.join(problems)}): run both with the same "
+            "hydra.sweeper.n_trials (make tuned TUNE_TRIALS=N) and ranges, or move the other arm's folder away"
+        )
+    return budget
+
+
 class SweepSummary(Callback):
     """Records each job of a ``--multirun`` and prints and writes the sweep's table at its end (module docstring).
 
-    ``folder``: where each sweep makes its own folder, named by its start time.
+    ``folder``: where each sweep makes its own folder, named by its start time. ``arm`` (off | on, set by the
+    equal-budget searches, configs/hparams_search/tune_*.yaml): the search first checks that it has the other arm's
+    budget (:func:`check_equal_budget`) and records its own in budget.json.
     """
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, arm: str | None = None) -> None:
         self.folder = Path(folder)
+        self.arm = arm
         self.sweep_folder: Path | None = None  # made by on_multirun_start; travels to submitit's jobs with self
         self.refused_here = 0  # this process's refused jobs (every torchrun rank counts its own)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.arm is not None:  # before any file is written: a refused search leaves nothing behind
+            from gal.errors import ConfigError
+
+            sweep_dir = Path(config.hydra.sweep.dir)
+            try:
+                budget = check_equal_budget(sweep_dir, self.arm, config.hydra.sweeper, config.hydra.overrides.task)
+            except ConfigError as error:
+                raise SystemExit(f"error: {error}") from None
+            if first_process():
+                _write_json(budget, sweep_dir / BUDGET_FILE)
         if first_process():
             self.sweep_folder = _new_folder(self.folder, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
             # a sweep stopped before its first job (a launcher's error, Ctrl-C) leaves no empty folder
@@ -195,7 +252,7 @@ def _write_json(data: dict[str, Any], path: Path) -> None:
 
 def _outcome(record: dict[str, Any]) -> dict[str, Any]:
     """The job's record with what its run dir holds now: status done | diverged | refused | failed, metrics."""
-    from gal.results import METRICS_FILE  # gal.results imports torch: not at Hydra's start, where this loads
+    from gal.results import METRICS_FILE, run_result
 
     job = {**record, "metrics": {}}
     if job["status"] != "done":
@@ -206,7 +263,7 @@ def _outcome(record: dict[str, Any]) -> dict[str, Any]:
     saved = json.loads(metrics_file.read_text())
     if "diverged" in saved:
         return {**job, "status": "diverged", "reason": saved["diverged"]}
-    return {**job, "metrics": saved.get("metrics", {})}
+    return {**job, "metrics": run_result(saved)}  # trainer.select's test metrics, and validation's as val/<name>
 
 
 def _arm_key(overrides: list[str]) -> tuple[str, ...]:
@@ -252,9 +309,11 @@ def summarise(records: list[dict[str, Any]], search: bool = False) -> dict[str, 
 
 
 def _rank(arm: dict[str, Any]) -> tuple[bool, float]:
-    """Sort key, best first: the objective's mean in its direction; arms without it last."""
+    """Sort key, best first: the objective's mean in its direction, on the validation split (what a search
+    scores, ``val/<metric>``) where the runs have one; arms without it last."""
     metric, direction = arm["objective"] or (None, "minimize")
-    value = arm["metrics"].get(metric, {}).get("mean", math.nan)
+    scored = arm["metrics"].get(f"val/{metric}") or arm["metrics"].get(metric, {})
+    value = scored.get("mean", math.nan)
     return math.isnan(value), value if direction == "minimize" else -value
 
 
@@ -290,7 +349,9 @@ def table(summary: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([arm["arm"], str(arm["n"]), *cells, *counts]) + " |")
     goal = ", ".join(f"{a['objective'][0]} ({a['objective'][1]})" for a in _unique_objectives(arms))
     note = (
-        f"Objective: {goal or 'unknown'}. Last evaluation of each run (metrics.json), mean ± sample std (ddof=1) "
+        f"Objective: {goal or 'unknown'}{', ranked on val/ (the validation split)' if summary['search'] else ''}. "
+        "Each run's evaluation by trainer.select (its last unless best_val; val/: the validation split's), "
+        "mean ± sample std (ddof=1) "
         "over the seeds that finished (n); diverged seeds, refused and failed jobs are counted apart."
     )
     return "\n".join([*lines, "", note])

@@ -36,12 +36,22 @@ from gal.inject import Injection
 from gal.lifecycle import CHECKPOINT_FILE, RunLock, check_run_files, plan_run
 from gal.optim import build_optimizer
 from gal.precision import Precision
-from gal.results import CONFIG_FILE, LOG_FILE, METRICS_FILE, environment, format_metrics, keep_best, write_json
+from gal.results import (
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    environment,
+    format_metrics,
+    keep_best,
+    run_result,
+    selected_metrics,
+    write_json,
+)
 from gal.rng import random_seed, rng_state, set_rng_state
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite, start_wandb
 from gal.schedule import build_scheduler
 from gal.storage import write_atomically
-from gal.tasks import Task
+from gal.tasks import Task, validation_loader
 
 if TYPE_CHECKING:  # timm (and torchvision, which it imports) only for the runs that use it
     from timm.scheduler.scheduler import Scheduler
@@ -59,10 +69,12 @@ def build_adjuster(gal_cfg: DictConfig, feature_dim: int) -> GradientAdjuster | 
     return GradientAdjuster(feature_dim, **kwargs)
 
 
-def build_task(task_cfg: DictConfig) -> Task:
-    """Instantiate the task; its own errors (missing data, bad settings) surface unwrapped."""
+def build_task(task_cfg: DictConfig, seed: int = 0) -> Task:
+    """Instantiate the task; its own errors (missing data, bad settings) surface unwrapped. A task whose splits
+    are its own to draw (a ``split`` key: regression, digits) gets the training ``seed`` (``split=per_seed``)."""
+    extra = {"seed": seed} if "split" in task_cfg else {}
     try:
-        return instantiate(task_cfg, _convert_="all")
+        return instantiate(task_cfg, _convert_="all", **extra)
     except InstantiationException as error:
         if error.__cause__ is None:
             raise
@@ -173,6 +185,7 @@ def train_one_epoch(
                 "cosine": stats.cosine(),
                 "adjusted_fraction": stats.adjusted_fraction(),
                 "g_wins": stats.g_wins.float().sum(),  # this process's samples passing Alg. 1 line 7 (Fig. 8b)
+                **stats.relative_change_summary(),  # |g_used - dl/dz| / |dl/dz|: at most alpha at d = 1
             }
         if trainee.clip_grad_norm is not None:
             precision.unscale_(optimizer)
@@ -253,8 +266,9 @@ def _train(
     """Build, then train from scratch or continue ``run_dir``'s checkpoint (``resume``), to ``epochs``;
     ``plain_cfg`` is ``cfg`` resolved, as config.yaml, the checkpoint and metrics.json keep it."""
     random_seed(cfg.seed, rank=0)  # the same weights (model and h) on every rank
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, cfg.seed)
     train_loader, eval_loader = task.loaders(cfg.seed, dist_info.rank, dist_info.world_size, dist_info.device)
+    val_loader = validation_loader(task, dist_info.rank, dist_info.world_size, dist_info.device)
     if len(train_loader) == 0:
         raise ConfigError(
             f"the training split ({len(train_loader.dataset)} samples here) does not fill one batch of "
@@ -263,14 +277,16 @@ def _train(
     model, trainee = _build_trainee(cfg, task, dist_info, epochs, train_loader)
     random_seed(cfg.seed, dist_info.rank)  # each rank its own augmentations, dropout masks, worker seeds
 
-    start_epoch, step, best = 0, 0, None
+    start_epoch, step, best, best_val = 0, 0, None, None
     checkpoint_path = run_dir / CHECKPOINT_FILE
     if dist_info.is_main:  # the data are loaded and the model built: the run directory is this process's now
         lock.acquire()
         if not resume and checkpoint_path.exists():
             raise RunExistsError(f"{run_dir} got a checkpoint while this run was starting: launch it again")
     if resume:
-        start_epoch, step, best = _restore(load_checkpoint(checkpoint_path), model, trainee, dist_info, checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
+        start_epoch, step, best = _restore(state, model, trainee, dist_info, checkpoint_path)
+        best_val = state.get("best_val")
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +308,7 @@ def _train(
     evaluated = trainee.ema.module if trainee.ema is not None else model
     started = time.perf_counter()
     metrics: dict[str, float] = {}
+    val_metrics: dict[str, float] | None = None
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
             for epoch in range(start_epoch, epochs):
@@ -311,23 +328,33 @@ def _train(
                         metrics["oscillation_q"] = trainee.oscillation.value().item()
                     runlog.log_epoch(epoch, step, metrics)
                     best = keep_best(best, metrics, epoch, task.objective)
+                    if val_loader is not None:  # the epoch best on validation, chosen without a look at the test
+                        val_metrics = evaluate(task, evaluated, val_loader, trainee.precision)
+                        runlog.log_epoch(epoch, step, val_metrics, split="val")
+                        best_val = keep_best(best_val, val_metrics, epoch, task.objective, test=metrics)
                     if dist_info.is_main:
                         log.info("epoch %d/%d: %s", epoch + 1, epochs, format_metrics(metrics))
                 if cfg.trainer.checkpoint:
                     every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
                     if dist_info.is_main:
-                        state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best)
+                        state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best, best_val)
                         save_checkpoint(state, checkpoint_path)
             if not metrics:  # resumed a finished run, or trained no epochs (evaluating a checkpoint)
                 metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
                 best = best or keep_best(None, metrics, start_epoch - 1, task.objective)
+                if val_loader is not None:
+                    val_metrics = evaluate(task, evaluated, val_loader, trainee.precision)
+                    best_val = best_val or keep_best(None, val_metrics, start_epoch - 1, task.objective, test=metrics)
     finally:
         progress.close()
         runlog.close()
+    selected = selected_metrics(cfg.trainer.select, metrics, val_metrics, best_val, max(epochs, start_epoch) - 1)
     if dist_info.is_main:
         summary = {
             "metrics": metrics,  # the last evaluation's
             "best": best,  # the best evaluation by the task's objective (what Tables I-III report), with its epoch
+            **({"val": val_metrics, "best_val": best_val} if val_loader is not None else {}),
+            "selected": selected,  # trainer.select's: the last evaluation, or the test metrics of the best on val
             "epochs": epochs,
             "steps": step,
             "train_seconds": time.perf_counter() - started,
@@ -339,7 +366,7 @@ def _train(
         name, _ = task.objective
         best_line = f"; best {name} {best['metrics'][name]:.4g} at epoch {best['epoch'] + 1}" if best else ""
         log.info("%s: %s%s", run_dir, format_metrics(metrics), best_line)
-    return metrics
+    return run_result({"selected": selected})  # what a search scores: "val/<name>" beside the test metrics
 
 
 def _build_trainee(
@@ -389,6 +416,7 @@ def _state(
     rng: list[dict[str, Any]],
     config: dict[str, Any],
     best: dict[str, Any] | None = None,
+    best_val: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a resumed run needs, ``rng`` holding each rank's generators in rank order;
     tensors and plain containers only (weights_only loads)."""
@@ -402,6 +430,7 @@ def _state(
         "step": step,
         "rng": rng,
         "best": best,
+        "best_val": best_val,
         "config": config,
     }
 

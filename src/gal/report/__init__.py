@@ -5,6 +5,8 @@ collect   finished runs: one arm's values over seeds, log rows, a sweep's varian
 stats     mean ± std, the paper's t-test, verdicts
 confirm   the 20-seed confirmation of every comparison a table makes
 render    Tables I-V and digits, Table V's alpha sweep, GAL's injection points
+readings  Table V over readings of its unstated recipe, nearest the paper's baseline first
+tuned     equal-budget tuning of both arms on a validation split, each arm's best at 20 seeds
 ablations the ablation sweeps (Tables VI, VIII, Figs. 7, 8a) and AdaRem; eq7: Eq. 7's term; toy: AdaRem's toy
 """
 
@@ -15,11 +17,13 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from gal.report import ablations, eq7, render
+from gal.report import ablations, eq7, readings, render, tuned
 
 TABLES: dict[str, Callable[[Path], str]] = {
     **{name: render.paper_table(name) for name in ("table1", "table2", "table3", "table4", "table5")},
     "table5_alpha": render.table5_alpha,
+    "table5_readings": readings.readings_table,
+    "tuned": tuned.tuned_table,
     "where_to_inject": render.where_to_inject,
     "eq7": eq7.eq7_table,
     "adarem": ablations.adarem_table,

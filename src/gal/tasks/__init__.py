@@ -13,9 +13,40 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from gal.errors import ConfigError, DatasetUnavailableError
 
-__all__ = ["DatasetUnavailableError", "LossFn", "Task", "eval_shard", "per_process_batch"]
+__all__ = [
+    "DatasetUnavailableError", "LossFn", "Task", "carve_validation", "eval_shard", "per_process_batch",
+    "split_random_state", "validation_loader",
+]  # fmt: skip
 
 LossFn = Callable[[Tensor], Tensor]
+SPLITS = ("fixed", "per_seed")  # task.split: the test split fixed by task.split_seed, or drawn from the seed
+
+
+def split_random_state(split: str, split_seed: int, seed: int) -> int:
+    """The random state that draws a task's splits: ``split_seed`` (``split="fixed"``: every training seed sees the
+    same test split) or the training ``seed`` (``"per_seed"``: the split's luck averages out over seeds)."""
+    if split not in SPLITS:
+        raise ConfigError(f"task.split must be one of {', '.join(SPLITS)}; got {split!r}")
+    return split_seed if split == "fixed" else seed
+
+
+def carve_validation(arrays: tuple, val_size: float, random_state: int, stratify: Any = None):
+    """(training arrays, validation arrays or None): ``val_size`` of the training rows held out (sklearn's
+    train_test_split), so the validation rows are never test rows; ``val_size=0`` keeps every row for training."""
+    if not 0 <= val_size < 1:
+        raise ConfigError(f"task.val_size must be a fraction in [0, 1) of the training split; got {val_size}")
+    if val_size == 0:
+        return arrays, None
+    from sklearn.model_selection import train_test_split  # scikit-learn only where a validation split is asked
+
+    parts = train_test_split(*arrays, test_size=val_size, random_state=random_state, stratify=stratify)
+    return tuple(parts[0::2]), tuple(parts[1::2])
+
+
+def validation_loader(task: "Task", rank: int, world_size: int, device: torch.device | None) -> DataLoader | None:
+    """The task's validation loader (``task.val_size`` > 0 on a task that has one), else None."""
+    make = getattr(task, "val_loader", None)  # the regression tasks and digits; other tasks have none
+    return None if make is None else make(rank, world_size, device)
 
 
 def per_process_batch(global_batch_size: int, world_size: int) -> int:

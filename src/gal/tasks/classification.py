@@ -9,18 +9,19 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import timm
 import torch
 import torch.distributed as dist
 from timm.models import get_pretrained_cfg
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
 from gal.errors import ConfigError, WeightsUnavailableError
 from gal.precision import memory_format_of
-from gal.tasks import eval_shard, per_process_batch
+from gal.tasks import carve_validation, eval_shard, per_process_batch, split_random_state
 from gal.tasks.image_data import (
     build_cifar,
     build_imagenet,
@@ -35,20 +36,35 @@ from gal.tasks.image_data import (
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
 
 
+VALIDATION_DATASETS = ("digits", "cifar10", "cifar100")  # where task.val_size applies (per_seed: digits only)
+
+
 def build_datasets(
-    dataset: str, root: str | None, image_size: int, download: bool, split_seed: int, verify: bool = True
-) -> tuple[Dataset, Dataset]:
-    """(train, eval) splits of ``dataset``; CIFAR's with the authors' transforms, ImageNet's get theirs from the
-    loaders (timm's loader sets the transform of the data set it is given)."""
+    dataset: str,
+    root: str | None,
+    image_size: int,
+    download: bool,
+    split_seed: int,
+    verify: bool = True,
+    val_size: float = 0.0,
+) -> tuple[Dataset, Dataset, Dataset | None]:
+    """(train, eval, validation or None) splits of ``dataset``; CIFAR's with the authors' transforms, ImageNet's get
+    theirs from the loaders (timm's loader sets the transform of the data set it is given)."""
     if dataset == "digits":
-        return load_digits_split(split_seed=split_seed)
+        return load_digits_split(split_seed=split_seed, val_size=val_size)
+    if val_size and dataset not in VALIDATION_DATASETS:
+        raise ConfigError(f"task.val_size is supported on {', '.join(VALIDATION_DATASETS)}, not {dataset}")
     if dataset in ("cifar10", "cifar100"):
-        return (
-            build_cifar(dataset, root, True, cifar_transform(True, image_size), download, verify),
-            build_cifar(dataset, root, False, cifar_transform(False, image_size), download, verify),
-        )
+        train = build_cifar(dataset, root, True, cifar_transform(True, image_size), download, verify)
+        test = build_cifar(dataset, root, False, cifar_transform(False, image_size), download, verify)
+        if not val_size:
+            return train, test, None
+        # the validation images: a stratified share of the training set, seen through the evaluation transform
+        unaugmented = build_cifar(dataset, root, True, cifar_transform(False, image_size), False, verify)
+        (kept,), (held,) = carve_validation((np.arange(len(train)),), val_size, split_seed, stratify=train.targets)
+        return Subset(train, kept.tolist()), test, Subset(unaugmented, held.tolist())
     if dataset == "imagenet":
-        return build_imagenet(root, "train"), build_imagenet(root, "val")
+        return build_imagenet(root, "train"), build_imagenet(root, "val"), None
     raise ConfigError(f"unknown classification dataset {dataset!r}; choose one of {DATASETS}")
 
 
@@ -142,16 +158,24 @@ class ClassificationTask:
         label_smoothing: float = 0.0,
         crop_pct: float | None = None,
         interpolation: str | None = None,
+        split: str = "fixed",
+        val_size: float = 0.0,
+        seed: int = 0,
     ) -> None:
         """``global_batch_size`` is the recipe's batch over all processes; ``eval_batch_size`` is per process.
         ``label_smoothing`` is in the training loss (GAL's loss_fn included), not in the reported test loss.
         ImageNet: ``image_size``, ``crop_pct`` and the eval ``interpolation`` default (None) to the model's
-        pretrained config (timm's resolve_data_config); ``augment`` holds the training augmentation."""
+        pretrained config (timm's resolve_data_config); ``augment`` holds the training augmentation.
+        digits: ``split`` (fixed by ``split_seed``, or ``per_seed``: drawn from the training ``seed``); digits and
+        CIFAR: a stratified validation split of ``val_size`` of the training images (CIFAR's without augmentation)."""
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.dataset = dataset
-        self.train_set, self.eval_set = build_datasets(dataset, root, image_size, download, split_seed, verify)
-        check_num_classes(self.train_set, num_classes)
+        random_state = split_random_state(split, split_seed, seed)
+        self.train_set, self.eval_set, self.val_set = build_datasets(
+            dataset, root, image_size, download, random_state, verify, val_size
+        )
+        check_num_classes(getattr(self.train_set, "dataset", self.train_set), num_classes)  # a Subset's: its source
         if dataset == "imagenet":
             self.data_config = imagenet_data_config(model["name"], image_size, crop_pct, interpolation)
         self.num_classes = self.feature_dim = num_classes
@@ -184,6 +208,12 @@ class ClassificationTask:
         shuffle = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=self.drop_last, **workers)
         return train, DataLoader(eval_shard(self.eval_set, rank, world_size), self.eval_batch_size, **workers)
+
+    def val_loader(self, rank: int, world_size: int, device: torch.device | None = None) -> DataLoader | None:
+        """The validation split (digits with task.val_size > 0), sharded as the evaluation split, or None."""
+        if self.val_set is None:
+            return None
+        return DataLoader(eval_shard(self.val_set, rank, world_size), self.eval_batch_size, num_workers=0)
 
     def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
         images, labels = batch

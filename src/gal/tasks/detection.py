@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gal.errors import ConfigError
 from gal.models.detr.criterion import SetCriterion
 from gal.models.detr.detr import build_detr
 from gal.models.detr.matcher import HungarianMatcher
@@ -49,7 +50,10 @@ class DetectionTask:
         eval_batch_size: int | None = None,
         augment: bool = True,
         checkpoint: str | None = None,
+        val_size: float = 0.0,
     ) -> None:
+        if val_size:  # gal.config.validate refuses it before any data; this is for callers of the class itself
+            raise ConfigError("task.val_size applies to the regression tasks, digits and CIFAR, not COCO: set it to 0")
         transform_kwargs = {"max_size": max_size, **({"scales": tuple(scales)} if scales else {})}
         self.train_set = build_coco(root, "train", detr_transforms(augment, **transform_kwargs), num_classes)
         self.eval_set = build_coco(root, "val", detr_transforms(False, **transform_kwargs), num_classes)

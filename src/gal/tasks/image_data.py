@@ -170,22 +170,29 @@ def imagenet_eval_loader(
     return PrefetchLoader(loader, mean=data_config["mean"], std=data_config["std"], device=device)
 
 
-def load_digits_split(test_size: float = 0.2, split_seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
-    """scikit-learn's digits (1797 8x8 images, 10 classes) as (train, test) TensorDatasets.
+def load_digits_split(
+    test_size: float = 0.2, split_seed: int = 0, val_size: float = 0.0
+) -> tuple[TensorDataset, TensorDataset, TensorDataset | None]:
+    """scikit-learn's digits (1797 8x8 images, 10 classes) as (train, test, validation or None) TensorDatasets.
 
     Images are float32 (N, 1, 8, 8) in [0, 1] (the pixels are counts 0..16); labels are int64.
-    The split is stratified and fixed by ``split_seed``, the same for every training seed.
+    The split is stratified and drawn by ``split_seed`` (task.split: fixed, or the training seed); ``val_size``
+    of the training images are held out as a stratified validation split.
     """
     # imported here: only the digits need scikit-learn (about a second to import)
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    from gal.tasks import carve_validation
 
     x, y = load_digits(return_X_y=True)
     images = (x / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     x_train, x_test, y_train, y_test = train_test_split(
         images, y, test_size=test_size, random_state=split_seed, stratify=y
     )
-    return _tensor_dataset(x_train, y_train), _tensor_dataset(x_test, y_test)
+    (x_train, y_train), val = carve_validation((x_train, y_train), val_size, split_seed, stratify=y_train)
+    val_set = None if val is None else _tensor_dataset(*val)
+    return _tensor_dataset(x_train, y_train), _tensor_dataset(x_test, y_test), val_set
 
 
 def _tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
