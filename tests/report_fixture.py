@@ -111,6 +111,13 @@ READINGS = [("standard", "standard", 30, 0.001, 3.0, 0.0), ("none", "none", 10, 
             ("minmax", "standard", 90, 0.0001, 1.2, 0.5), ("none", "standard", 30, 0.01, 12.0, 0.0)]  # fmt: skip
 
 
+BOUND_STEPS = [
+    {"epoch": 0, "step": s, "loss": 1.0, "adjusted_fraction": float(s > 0), "relative_change": 0.001 * (s > 0),
+     "relative_change_max": 0.001 * (s > 0)}
+    for s in range(4)
+]  # fmt: skip
+
+
 def _reading_metrics(rng, task: str, offset: float, shift: float) -> dict:
     mean, std = PAPER_BASELINE[task]
     mse = mean + std * offset + 0.3 * std * (rng.standard_normal() + shift)
@@ -132,7 +139,9 @@ def _readings(results: Path, rng) -> None:
                     for seed in seeds:
                         diverged = index == 3 and gal == "on" and seed == 1
                         metrics = None if diverged else _reading_metrics(rng, task, offset, shift if gal == "on" else 0)
-                        _run(results, f"{folder}/{name}/{task}/adam/{gal}/seed={seed}", metrics, config=config)
+                        logged = nearest and gal == "on" and folder == "table5_readings"
+                        _run(results, f"{folder}/{name}/{task}/adam/{gal}/seed={seed}", metrics, config=config,
+                             steps=BOUND_STEPS if logged else None)  # fmt: skip
 
 
 def _tuned(results: Path, rng) -> None:

@@ -97,3 +97,28 @@ def test_make_tuned_runs_both_arms_with_one_trial_count():
     assert dry.count("hydra.sweeper.n_trials=7") == 2
     assert "hparams_search=tune_baseline" in dry and "hparams_search=tune_gal" in dry
     assert dry.count("'trainer.epochs=int(interval(33, 300))'") == 2
+
+
+@pytest.mark.parametrize("arm", ["baseline", "gal"])
+@pytest.mark.parametrize("experiment", ["table5_boston", "table5_diabetes", "table5_california", "digits"])
+def test_every_tuning_search_composes_and_validates(arm, experiment):
+    from gal.config import validate
+
+    from .conftest import compose_config
+
+    cfg = compose_config([f"hparams_search=tune_{arm}", f"experiment={experiment}"])
+    validate(cfg)
+    assert cfg.task.val_size == 0.2 and cfg.gal.enabled == (arm == "gal") and cfg.name == "tuned/search"
+
+
+def test_every_reading_of_the_recipe_composes_and_validates():
+    from gal.config import validate
+
+    from .conftest import compose_config
+
+    for features in ("standard", "minmax", "none"):
+        for target in ("standard", "none"):
+            cfg = compose_config(["experiment=table5_boston", "gal=on", f"task.feature_scaling={features}",
+                                  f"task.target_scaling={target}", "task.split=per_seed", "trainer.epochs=33",
+                                  "optimizer.lr=0.0001"])  # fmt: skip
+            validate(cfg)

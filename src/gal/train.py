@@ -365,6 +365,9 @@ def _train(
         write_json(summary, run_dir / METRICS_FILE)
         name, _ = task.objective
         best_line = f"; best {name} {best['metrics'][name]:.4g} at epoch {best['epoch'] + 1}" if best else ""
+        if cfg.trainer.select == "best_val":
+            best_line += (f"; selected on validation: epoch {selected['epoch'] + 1}, val {name} "
+                          f"{selected['val'][name]:.4g}, test {name} {selected['metrics'][name]:.4g}")  # fmt: skip
         log.info("%s: %s%s", run_dir, format_metrics(metrics), best_line)
     return run_result({"selected": selected})  # what a search scores: "val/<name>" beside the test metrics
 
