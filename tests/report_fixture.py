@@ -126,8 +126,8 @@ def _reading_metrics(rng, task: str, offset: float, shift: float) -> dict:
 
 def _readings(results: Path, rng) -> None:
     """Table V's readings (gal.report.readings): 4 per data set at 5 seeds (one with a diverged GAL seed); the
-    nearest two with seeds 0-19 under both splits (the third's are missing); California has none."""
-    for task in ("boston", "diabetes"):
+    nearest two with seeds 0-19 under both splits (the third's are missing)."""
+    for task in ("boston", "diabetes", "california"):
         for index, (features, target, epochs, lr, offset, shift) in enumerate(READINGS):
             name = f"x_{features}-y_{target}-e{epochs}-lr{lr}"
             config = {"task": {"feature_scaling": features, "target_scaling": target}, "trainer": {"epochs": epochs},

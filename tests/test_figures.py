@@ -167,7 +167,7 @@ def test_readings_figure_has_a_point_per_reading(make_figures, tmp_path: Path) -
     assert not make_figures.plot_readings(tmp_path, tmp_path / "none.png")  # no readings, no figure
     write_fixture(tmp_path / "fixture")
     points = effects(tmp_path / "fixture")
-    assert [len(points[title]) for title in points] == [4, 4, 0]  # Boston, diabetes: 4 readings; California none
+    assert [len(points[title]) for title in points] == [4, 4, 4]  # 4 readings of each data set
     distances = [d for d, _ in points["Boston housing"]]
     assert distances == sorted(distances)  # nearest the paper's baseline first
     path = tmp_path / "readings.png"
