@@ -309,6 +309,7 @@ def _ddp_worker(rank, world_size, port, out_dir, gal):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     state = _toy_run(_toy_batches(), rank, world_size, gal)
     torch.save({k: v.clone() for k, v in state.items()}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()  # both ranks done before gloo tears down: a rank leaving first could abort the other
     dist.destroy_process_group()
 
 
