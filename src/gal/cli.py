@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,13 +31,6 @@ def task_objective(task_target: str) -> tuple[str, str]:
     return get_class(task_target).objective
 
 
-def searching() -> bool:
-    """Whether this job is a trial of a search: a sweeper other than Hydra's basic one (Optuna's)."""
-    if not HydraConfig.initialized():
-        return False
-    return "BasicSweeper" not in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_"))
-
-
 def run(cfg: DictConfig) -> float:
     """Hydra's task function: train one run and return the task's objective metric (for sweepers).
 
@@ -51,7 +43,7 @@ def run(cfg: DictConfig) -> float:
 
     try:
         declared_keys_only(cfg)
-        if searching() and not cfg.task.get("val_size"):
+        if sweep.searching() and not cfg.task.get("val_size"):
             raise ConfigError(
                 "a search scores each trial on the validation split, and this task has none: set task.val_size "
                 "(e.g. 0.2; regression and digits), so the trials are not chosen on the test split"
@@ -78,7 +70,7 @@ def run(cfg: DictConfig) -> float:
         metrics = {}
     metric, direction = task_objective(cfg.task._target_)
     # a search scores each trial on the validation split, never on the test split its numbers are reported on
-    value = float(metrics.get(f"val/{metric}" if searching() else metric, math.nan))
+    value = float(metrics.get(f"val/{metric}" if sweep.searching() else metric, math.nan))
     # a diverged or refused run scores the worst value: hydra-optuna-sweeper stops the whole search on a NaN
     return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
 

@@ -30,7 +30,7 @@ from gal.errors import ConfigError
 IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
 SELECT = ("last", "best_val")  # the evaluation a run reports: its last, or the one best on the validation split
 SCALINGS = {"feature_scaling": ("standard", "minmax", "none"), "target_scaling": ("standard", "none")}
-SPLITS = ("fixed", "per_seed")  # = gal.tasks.SPLITS (this module imports no torch)
+SPLITS = ("fixed", "per_seed")  # task.split: the test split fixed by task.split_seed, or drawn from the seed
 # rows of the data sets whose test split the task draws (task.test_size of them; task.split), which validate() sizes
 # before any data is read (a Boston CSV of one's own is checked again once read)
 DATASET_ROWS = {"boston": 506, "diabetes": 442, "california": 20640, "digits": 1797}

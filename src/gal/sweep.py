@@ -57,6 +57,16 @@ OmegaConf.register_new_resolver("zero_padded", lambda number, width=3: f"{int(nu
 _refused: dict[str, tuple[str, str]] = {}
 
 
+def searching(hydra_cfg: DictConfig | None = None) -> bool:
+    """Whether a job of this process (or the sweep of ``hydra_cfg``) is a search: a sweeper other than Hydra's basic
+    one (Optuna's), whose trials score on the validation split (gal.cli.run)."""
+    if hydra_cfg is None:
+        if not HydraConfig.initialized():
+            return False
+        hydra_cfg = HydraConfig.get()
+    return "BasicSweeper" not in str(OmegaConf.select(hydra_cfg, "sweeper._target_"))
+
+
 def first_process() -> bool:
     """Whether this is the process that speaks for a torchrun or srun job (rank 0, or a single process)."""
     return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
@@ -210,7 +220,7 @@ class SweepSummary(Callback):
         if not records:
             print(f"no job of this sweep left a record in {self.sweep_folder / 'jobs'}")
             return
-        search = "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_"))
+        search = searching(config.hydra)
         summary = summarise(sorted(records, key=lambda r: r["job"]), search)
         text = table(summary)
         _write_json(summary, self.sweep_folder / "summary.json")

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from gal.config import SPLITS
 from gal.errors import ConfigError, DatasetUnavailableError
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
 ]  # fmt: skip
 
 LossFn = Callable[[Tensor], Tensor]
-SPLITS = ("fixed", "per_seed")  # task.split: the test split fixed by task.split_seed, or drawn from the seed
 
 
 def split_random_state(split: str, split_seed: int, seed: int) -> int:

@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
+from gal.config import VALIDATION_DATASETS
 from gal.errors import ConfigError, WeightsUnavailableError
 from gal.precision import memory_format_of
 from gal.tasks import carve_validation, eval_shard, per_process_batch, split_random_state
@@ -34,9 +35,6 @@ from gal.tasks.image_data import (
 )
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagenet")
-
-
-VALIDATION_DATASETS = ("digits", "cifar10", "cifar100")  # where task.val_size applies (per_seed: digits only)
 
 
 def build_datasets(

@@ -25,6 +25,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
+from gal.config import SCALINGS
 from gal.errors import ConfigError
 from gal.models.mlp import MLP
 from gal.tasks import DatasetUnavailableError, carve_validation, per_process_batch, split_random_state
@@ -154,10 +155,6 @@ def load_regression_data(
     raise ConfigError(f"unknown regression dataset {dataset!r}; choose boston, diabetes or california")
 
 
-FEATURE_SCALINGS = ("standard", "minmax", "none")
-TARGET_SCALINGS = ("standard", "none")
-
-
 def scaling(values: np.ndarray, how: str) -> tuple[np.ndarray | float, np.ndarray | float]:
     """(shift, scale) that map ``values`` (the training rows) as ``how`` says: (x - shift) / scale."""
     if how == "standard":
@@ -192,8 +189,8 @@ class RegressionTask:
         seed: int = 0,
     ) -> None:
         """``seed`` is the training seed (the trainer passes it), which draws the split when ``split="per_seed"``."""
-        if target_scaling not in TARGET_SCALINGS:
-            names = ", ".join(TARGET_SCALINGS)
+        if target_scaling not in SCALINGS["target_scaling"]:
+            names = ", ".join(SCALINGS["target_scaling"])
             raise ConfigError(f"task.target_scaling must be one of {names}; got {target_scaling!r}")
         x, y = load_regression_data(dataset, data_home, csv_path)
         random_state = split_random_state(split, split_seed, seed)
