@@ -65,12 +65,12 @@ test-slow: venv  ## the @slow tests (minutes)
 	$(PY) -m pytest -q -m slow
 
 lint: venv  ## ruff check + format check
-	$(PY) -m ruff check src scripts tests
-	$(PY) -m ruff format --check src scripts tests
+	$(PY) -m ruff check src scripts tests examples
+	$(PY) -m ruff format --check src scripts tests examples
 
 format: venv  ## ruff format + fixes
-	$(PY) -m ruff format src scripts tests
-	$(PY) -m ruff check --fix src scripts tests
+	$(PY) -m ruff format src scripts tests examples
+	$(PY) -m ruff check --fix src scripts tests examples
 
 # The first minute: one Table V row, baseline and GAL at the paper's settings, 5 seeds in one process (the sweep's
 # summary prints mean +- std per arm); then the image path on a tiny synthetic CIFAR-100 in its real on-disk format.

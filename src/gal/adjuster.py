@@ -33,14 +33,23 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiL
 _EPS = 1e-12  # guards ||v|| = 0; a zero gradient gives a zero adjustment by itself
 
 
-@dataclass
+@dataclass(repr=False)
 class GALStats:
-    """Detached tensors from one GAL step; nothing here forces a host sync.
+    """What one GAL step saw and chose, as detached tensors on z's device (nothing here forces a host sync).
 
-    ``adjusted`` is a bool tensor: a scalar (one decision per batch) or one entry
-    per sample (``per_sample=True``), True where the backbone received g. ``g_wins``
-    holds Alg. 1 line 7's test per sample whatever the policy (Fig. 8b counts these);
-    a scalar when loss_fn returns only the batch mean.
+    Fields (B is the batch, d the size of z's last dimension; z may have more dims, e.g. DETR's queries):
+
+    - ``loss``: l(z), the batch-mean loss (a scalar), the one plain backprop would have used.
+    - ``tentative_loss``: l(z - eta~ g), the mean loss after the tentative step with the adjusted gradient (a scalar).
+    - ``remainder``: r of Eq. 7, a scalar per batch, or one per sample with ``per_sample=True``; h descends |r|.
+    - ``grad``: dl/dz of the batch-mean loss, z's shape.
+    - ``adjustment``: v~ of Eq. 4, z's shape (g = grad + adjustment, Eq. 5).
+    - ``adjusted``: bool, True where the model received g rather than dl/dz (Alg. 1 lines 7-10): a scalar
+      (one decision per batch), or one per sample with ``per_sample=True``.
+    - ``g_wins``: bool, Alg. 1 line 7's test per sample whatever the policy (Fig. 8b counts these): the samples
+      whose loss the tentative step with g did not raise; a scalar when ``loss_fn`` returns only the batch mean.
+
+    :meth:`summary` reduces them to the trainer's step-log values (tensors), :meth:`as_dict` to plain floats.
     """
 
     loss: Tensor
@@ -73,6 +82,28 @@ class GALStats:
         """The step's mean and largest :meth:`relative_change` over the rows of z (the trainer's step logs)."""
         change = self.relative_change()
         return {"relative_change": change.mean(), "relative_change_max": change.max()}
+
+    def summary(self) -> dict[str, Tensor]:
+        """The step in scalars, still on the device (the trainer's log.jsonl row, read back every log_every steps):
+        loss, tentative_loss, the mean remainder, cosine, adjusted_fraction, g_wins (how many samples passed line 7)
+        and the mean and largest relative_change."""
+        return {
+            "loss": self.loss,
+            "tentative_loss": self.tentative_loss,
+            "remainder": self.remainder.mean(),
+            "cosine": self.cosine(),
+            "adjusted_fraction": self.adjusted_fraction(),
+            "g_wins": self.g_wins.float().sum(),
+            **self.relative_change_summary(),
+        }
+
+    def as_dict(self) -> dict[str, float]:
+        """:meth:`summary` as Python floats (one host sync): ``print(stats.as_dict())``, or a logger's row."""
+        return {key: float(value) for key, value in self.summary().items()}
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{key}={value:.4g}" for key, value in self.as_dict().items())
+        return f"GALStats({values}; z {tuple(self.grad.shape)})"
 
 
 def build_mlp(dim: int, arch: Sequence[int], bias: bool, activation: str | None) -> nn.Sequential:
@@ -208,8 +239,10 @@ class GradientAdjuster(nn.Module):
 
         Args:
             z: features at the injection point, (..., dim), attached to the model's graph.
-            loss_fn: maps features to the task loss: a scalar batch mean or per-sample
-                losses (their mean is the loss); ``per_sample=True`` needs the latter.
+            loss_fn: the task loss as a function of z alone, the targets closed over, e.g.
+                ``lambda z: F.cross_entropy(z, y, reduction="none")``. It takes a tensor of z's shape and returns
+                the batch mean (a scalar) or per-sample losses (their mean is the loss; ``per_sample=True``
+                needs them). GAL calls it twice, at z and at z - eta~ g, on tensors detached from the model.
             lr: the optimizer's current learning rate eta (after schedules).
             grad_scale: multiplies every gradient sent backward (a GradScaler's scale).
             other_loss: the part of the training loss that does not pass through z (DETR's class

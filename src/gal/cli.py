@@ -16,9 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 from gal.config import declared_keys_only  # importing gal.config registers the schemas that configs/ extends
 from gal.errors import ConfigError, SetupError
 
-# An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
-# (python -m gal, gal-train, submitit's unpickled task function), and configs/ sits beside src/ (editable install).
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+def config_dir() -> str:
+    """Where the configs are: gal/configs inside an installed package (``pip install .``: pyproject.toml ships
+    configs/ there), else configs/ at the top of the repo, beside src/ (a clone, ``pip install -e .``).
+
+    An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
+    (python -m gal, gal-train, submitit's unpickled task function).
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return str(packaged if (packaged / "config.yaml").is_file() else here.parents[1] / "configs")
+
+
+CONFIG_DIR = config_dir()
 
 # ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
 OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)

@@ -149,9 +149,19 @@ def _detached_state(module: nn.Module) -> dict[str, Tensor]:
     return state | {name: b.clone() for name, b in module.named_buffers()}
 
 
+Forward = Callable[[nn.Module, Any], tuple]  # (model, batch) -> (output, loss_fn(output)[, other loss terms])
+
+
+def _forward(task: Any) -> Forward:
+    """A task's ``features_and_loss``, or a plain loop's own forward function (see :class:`Injection`)."""
+    return task if callable(task) else task.features_and_loss
+
+
 class Injection:
     """GAL's z at ``at`` in ``model`` (the unwrapped model; the trainer may run it through DDP).
 
+    ``task`` is a trainer task (gal.tasks), or in a loop of one's own a function ``forward(model, batch)`` that runs
+    the model and returns ``(output, loss_fn)``, loss_fn giving the loss of the model's output (examples/).
     Built from one dry forward of a training batch (eval mode, nothing changed), which checks the point and
     gives h's size, ``feature_dim`` (z's channels for a feature map, else its last dimension).
     """
@@ -176,7 +186,7 @@ class Injection:
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=[]), torch.enable_grad(), _replaced(self.site, take):
-                output, output_loss, *_ = task.features_and_loss(self.model, batch)
+                output, output_loss, *_ = _forward(task)(self.model, batch)
                 if len(seen) == 1 and isinstance(seen[0], Tensor) and seen[0].requires_grad:
                     reached = torch.autograd.grad(output_loss(output).float().sum(), seen[0], allow_unused=True)[0]
                 else:
@@ -203,7 +213,8 @@ class Injection:
         return gal_layout(seen[0]).shape[-1], suffix
 
     def features_and_loss(self, task: Any, trained: nn.Module, batch: Any) -> tuple[Tensor, Callable, Tensor]:
-        """(z in GAL's layout, loss_fn(z'), the loss of the layers after z and of the task's own other terms)."""
+        """(z in GAL's layout, loss_fn(z'), the loss of the layers after z and of the task's own other terms): the
+        arguments of GradientAdjuster.backward (``other_loss`` the last)."""
         taken: dict[str, Any] = {}
         inputs: dict[str, Any] = {}
 
@@ -221,7 +232,7 @@ class Injection:
         )
         try:
             with _replaced(self.site, take):
-                output, output_loss, *other = task.features_and_loss(trained, batch)
+                output, output_loss, *other = _forward(task)(trained, batch)
         finally:
             if hook is not None:
                 hook.remove()

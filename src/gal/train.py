@@ -178,15 +178,7 @@ def train_one_epoch(
             precision.backward(loss)
             values = {"loss": loss}
         else:
-            values = {
-                "loss": stats.loss,
-                "tentative_loss": stats.tentative_loss,
-                "remainder": stats.remainder.mean(),
-                "cosine": stats.cosine(),
-                "adjusted_fraction": stats.adjusted_fraction(),
-                "g_wins": stats.g_wins.float().sum(),  # this process's samples passing Alg. 1 line 7 (Fig. 8b)
-                **stats.relative_change_summary(),  # |g_used - dl/dz| / |dl/dz|: at most alpha at d = 1
-            }
+            values = stats.summary()  # g_wins: this process's samples passing Alg. 1 line 7 (Fig. 8b)
         if trainee.clip_grad_norm is not None:
             precision.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), trainee.clip_grad_norm)
