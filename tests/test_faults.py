@@ -60,9 +60,9 @@ def _write_log(path: Path, text: str) -> RunLog:
     return RunLog(path, enabled=True)
 
 
-@pytest.mark.parametrize("torn", ['{"step": 3, "epoch": 0, "lo', '{"step": 3, "epo\n', "\0\0\0\0"])
+@pytest.mark.parametrize("torn", ['{"step": 3, "epoch": 1, "lo', '{"step": 3, "epo\n', "\0\0\0\0"])
 def test_a_torn_last_log_line_is_dropped_with_a_warning(tmp_path, caplog, torn):
-    whole = "".join(json.dumps({"step": s, "epoch": 0, "loss": 1.0}) + "\n" for s in (1, 2))
+    whole = "".join(json.dumps({"step": s, "epoch": 1, "loss": 1.0}) + "\n" for s in (1, 2))
     runlog = _write_log(tmp_path / "log.jsonl", whole + torn)
     with caplog.at_level(logging.WARNING, logger="gal.runlog"):
         runlog.truncate_after(10)
@@ -311,19 +311,19 @@ def faulty(make_config, monkeypatch):
 
 
 def test_weights_gone_nan_under_a_finite_loss_stop_the_run_before_evaluating_or_saving(faulty):
-    cfg = faulty("trainer.epochs=3", nan_gradient_at_step=24)  # the last step of epoch 1
+    cfg = faulty("trainer.epochs=3", nan_gradient_at_step=24)  # the last step of epoch 2
     run_dir = _run_dir(cfg)
     with pytest.raises(NonFiniteLossError) as error:
         train(cfg)
     assert str(error.value) == (
-        "the model's weights are not finite at the end of epoch 1 (first: 0.weight): lower the learning rate "
+        "the model's weights are not finite at the end of epoch 2 (first: 0.weight): lower the learning rate "
         f"or check the data. The run stops here; {run_dir / 'last.pt'}, saved after 1 epoch (step 12), is kept."
     )
     state = load_checkpoint(run_dir / "last.pt")
     assert state["epoch"] == 1 and all(torch.isfinite(t).all() for t in state["model"].values())
     evaluated = [row["epoch"] for row in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
                  if "eval/mse" in row]  # fmt: skip
-    assert evaluated == [0]  # the NaN weights were not evaluated
+    assert evaluated == [1]  # the NaN weights were not evaluated
     assert not _temp_files(run_dir)
 
 
@@ -331,8 +331,8 @@ def test_weights_gone_nan_are_recorded_as_a_divergence(faulty):
     cfg = faulty("trainer.on_nonfinite=record", nan_gradient_at_step=12)
     assert train(cfg) == {}
     diverged = json.loads((_run_dir(cfg) / "metrics.json").read_text())["diverged"]
-    assert diverged.startswith("the model's weights are not finite at the end of epoch 0")
-    assert diverged.endswith("The run stops here; no checkpoint exists yet (the first is saved when epoch 0 ends).")
+    assert diverged.startswith("the model's weights are not finite at the end of epoch 1")
+    assert diverged.endswith("The run stops here; no checkpoint exists yet (the first is saved when epoch 1 ends).")
 
 
 def test_the_adjusters_weights_are_checked_too():
@@ -349,7 +349,7 @@ def test_the_adjusters_weights_are_checked_too():
     ("overrides", "nan_from", "kept"),
     [
         ([], 30, "{}, saved after 2 epochs (step 24), is kept."),
-        ([], 5, "no checkpoint exists yet (the first is saved when epoch 0 ends)."),
+        ([], 5, "no checkpoint exists yet (the first is saved when epoch 1 ends)."),
         (["trainer.checkpoint=false"], 30, "no checkpoint is kept (trainer.checkpoint=false)."),
     ],
 )
@@ -357,7 +357,7 @@ def test_the_nan_message_says_which_checkpoint_is_kept(faulty, overrides, nan_fr
     cfg = faulty("trainer.epochs=4", "trainer.log_every=4", *overrides, nan_loss_from_step=nan_from)
     with pytest.raises(NonFiniteLossError) as error:
         train(cfg)
-    assert str(error.value).startswith(f"training loss is nan at step {nan_from} (epoch {(nan_from - 1) // 12})")
+    assert str(error.value).startswith(f"training loss is nan at step {nan_from} (epoch {(nan_from - 1) // 12 + 1})")
     assert str(error.value).endswith("The run stops here; " + kept.format(_run_dir(cfg) / "last.pt"))
 
 
@@ -443,7 +443,7 @@ def test_a_run_whose_policy_rejects_g_says_so_and_is_recorded(make_config, caplo
     cfg = make_config(*FAST, "gal=on", "gal.beta=1e9", "optimizer.lr=1")
     with caplog.at_level(logging.WARNING, logger="gal.train"):
         train(cfg)
-    assert "GAL's policy rejected g on 100% of epoch 0's logged steps" in caplog.text
+    assert "GAL's policy rejected g on 100% of epoch 1's logged steps" in caplog.text
     assert (_run_dir(cfg) / "metrics.json").exists()
 
 

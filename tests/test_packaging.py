@@ -58,7 +58,7 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_every_module_and_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src" / "gal").rglob("*.py")}
+    modules = {str(p.relative_to(ROOT / "src")) for p in (ROOT / "src").rglob("*.py")}  # gal, hydra_plugins
     configs = {f"gal/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").rglob("*.yaml")}
     assert modules - names == set(), "modules missing from the wheel: add their package to pyproject.toml"
     assert configs - names == set()

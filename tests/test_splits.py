@@ -138,13 +138,13 @@ def test_best_val_picks_the_same_epoch_when_the_test_labels_are_shuffled(make_co
     log = tmp_path / "results/runs/shuffled_False/boston/adam/off/seed=0/log.jsonl"
     val_mse = [row["val/mse"] for row in map(json.loads, log.read_text().splitlines()) if "val/mse" in row]
     assert len(val_mse) == 8 and plain["selected"]["val"]["mse"] == min(val_mse)
-    assert plain["selected"]["epoch"] == val_mse.index(min(val_mse))
+    assert plain["selected"]["epoch"] == val_mse.index(min(val_mse)) + 1  # epochs count from 1
 
 
 def test_select_last_reports_the_last_evaluation(make_config, tmp_path):
     returned = train(make_config("trainer.epochs=2", "trainer.progress=false", "task.val_size=0.1"))
     summary = json.loads((tmp_path / "results/runs/default/diabetes/adam/off/seed=0/metrics.json").read_text())
-    assert summary["selected"]["select"] == "last" and summary["selected"]["epoch"] == 1
+    assert summary["selected"]["select"] == "last" and summary["selected"]["epoch"] == 2
     assert summary["selected"]["metrics"] == summary["metrics"] == {k: returned[k] for k in ("mae", "mse", "r2")}
     assert summary["selected"]["val"] == summary["val"]
 

@@ -165,10 +165,10 @@ def targets_turn_nan(monkeypatch, from_step: int) -> None:
 
 @pytest.mark.parametrize("gal", ["off", "on"])
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(make_config, monkeypatch, gal):
-    # diabetes has 12 steps per epoch: step 30 is in epoch 2, after two good checkpoints
+    # diabetes has 12 steps per epoch: step 30 is in epoch 3 (counted from 1), after two good checkpoints
     cfg = make_config(*FAST, f"gal={gal}", "trainer.epochs=4", "trainer.log_every=4")
     targets_turn_nan(monkeypatch, 30)
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 30 \(epoch 2\)"):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 30 \(epoch 3\)"):
         train(cfg)
     state = load_checkpoint(_run_dir(cfg) / "last.pt")
     assert state["epoch"] == 2 and state["step"] == 24
@@ -191,11 +191,11 @@ def test_resume_after_a_crash_logs_each_step_once(make_config, monkeypatch):
     with monkeypatch.context() as patch:  # the data turn NaN (not the config: the run is resumed under its own)
         targets_turn_nan(patch, 30)
         with pytest.raises(NonFiniteLossError):
-            train(cfg)  # logged steps 1-28 and epochs 0-1, checkpoint after step 24
+            train(cfg)  # logged steps 1-28 and epochs 1-2, checkpoint after step 24
     summary = train(make_config(*FAST, "gal=on", "trainer.epochs=4", "trainer.if_exists=resume"))
     rows = [json.loads(line) for line in (_run_dir(cfg) / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 49))
-    assert [r["epoch"] for r in rows if "eval/mae" in r] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in rows if "eval/mae" in r] == [1, 2, 3, 4]  # epochs count from 1
     assert summary["mae"] == rows[-1]["eval/mae"]
 
 
@@ -303,3 +303,68 @@ def test_a_diverged_run_stops_with_one_line_and_no_traceback(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training loss is nan at step ") and "The run stops here;" in last
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_epochs_count_from_1_on_the_console_the_progress_bar_and_in_every_file(tmp_path):
+    command = [sys.executable, "-m", "gal", "task=diabetes", "trainer.epochs=3", "optimizer.lr=0.03"]
+    result = subprocess.run([*command, f"results_dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "runs/default/diabetes/adam/off/seed=0"
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    console = result.stdout + result.stderr
+    assert [line.split(":")[0].rsplit("] ", 1)[-1] for line in console.splitlines() if "/3: mae" in line] == [
+        "epoch 1/3", "epoch 2/3", "epoch 3/3"
+    ]  # fmt: skip
+    assert result.stdout.rstrip().endswith(f"at epoch {summary['best']['epoch']}")
+    assert "epoch=3" in console and "epoch=0" not in console  # the bar's postfix beside its "3/3"
+    assert summary["first_epoch"] == 1 and summary["selected"]["epoch"] == 3
+    assert {row["epoch"] for row in rows if "loss" in row} == {1, 2, 3}
+    assert [row["epoch"] for row in rows if "eval/mse" in row] == [1, 2, 3]
+    best = min((row for row in rows if "eval/mse" in row), key=lambda row: row["eval/mse"])
+    assert summary["best"]["epoch"] == best["epoch"]
+
+
+def test_a_run_made_when_epochs_counted_from_0_resumes_and_reads_counted_from_1(make_config):
+    """An older run's checkpoint and log.jsonl number epochs from 0 and have no "first_epoch": resumed, the log is
+    renumbered and continued from 1, and the best epoch read from the checkpoint is counted from 1 too."""
+    straight = train(make_config(*FAST, "trainer.epochs=4", "name=straight"))
+    cfg = make_config(*FAST, "trainer.epochs=2", "name=old")
+    train(cfg)
+    run_dir, checkpoint = _run_dir(cfg), _run_dir(cfg) / "last.pt"
+    state = load_checkpoint(checkpoint)
+    del state["first_epoch"]
+    state["best"]["epoch"] -= 1
+    torch.save(state, checkpoint)
+    old_rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    (run_dir / "log.jsonl").write_text("".join(json.dumps({**r, "epoch": r["epoch"] - 1}) + "\n" for r in old_rows))
+    from gal.report.collect import log_rows
+
+    assert log_rows(run_dir) == old_rows  # read as today's count
+    assert train(make_config(*FAST, "trainer.epochs=4", "name=old", "trainer.if_exists=resume")) == straight
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows if "eval/mse" in row] == [1, 2, 3, 4]
+    summaries = [
+        json.loads((_run_dir(c) / "metrics.json").read_text())
+        for c in (make_config(*FAST, "trainer.epochs=4", "name=straight"), cfg)
+    ]
+    assert summaries[0]["best"] == summaries[1]["best"]
+
+
+def test_help_lists_the_users_config_groups_only(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "gal", "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    listed = [line.split(":")[0] for line in groups.splitlines() if ": " in line and not line.startswith("Compose")]
+    assert listed == ["ablation", "experiment", "gal", "hparams_search", "hydra/launcher", "logger", "optimizer",
+                      "scheduler", "task", "trainer"]  # fmt: skip
+    assert "gal: off, on" in groups and "schema" not in result.stdout
+
+
+@pytest.mark.parametrize("arm", ["off", "on"])
+def test_a_gal_value_out_of_range_is_refused_with_gal_on_or_off(tmp_path, arm):
+    command = [sys.executable, "-m", "gal", "experiment=table5_diabetes", f"gal={arm}", "gal.alpha=2"]
+    result = subprocess.run([*command, f"results_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: alpha must lie in [0, 1] (Eq. 4), got 2.0"
+    assert not list(tmp_path.rglob("*.json"))

@@ -87,7 +87,7 @@ def trainer_arm(trainee: Any, task: Any, log_every: int) -> Arm:
     from gal.train import train_one_epoch
 
     runlog, progress = RunLog(Path(os.devnull), enabled=False), tqdm(disable=True)
-    state = {"epoch": 0, "step": 0}
+    state = {"epoch": 1, "step": 0}  # epochs numbered from 1, as the trainer numbers them
 
     def run(batches: Batches) -> None:
         state["step"] = train_one_epoch(

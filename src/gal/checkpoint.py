@@ -67,7 +67,7 @@ def kept_checkpoint(path: Path, enabled: bool) -> str:
     """What a stopped run leaves at ``path``, for its message: the checkpoint's epochs and step, or why none."""
     if not path.exists():
         return (
-            "no checkpoint exists yet (the first is saved when epoch 0 ends)"
+            "no checkpoint exists yet (the first is saved when epoch 1 ends)"
             if enabled
             else "no checkpoint is kept (trainer.checkpoint=false)"
         )

@@ -31,6 +31,17 @@ def config_dir() -> str:
 
 CONFIG_DIR = config_dir()
 
+
+def config_groups() -> str:
+    """``--help``'s config groups: each folder of configs/ with its options, one per line (Hydra's own list would
+    add the schema/* groups, which only type the files: gal.config)."""
+    root = Path(CONFIG_DIR)
+    folders = sorted({path.parent for path in root.rglob("*.yaml")} - {root})
+    return "\n".join(f"{f.relative_to(root)}: {', '.join(sorted(p.stem for p in f.glob('*.yaml')))}" for f in folders)
+
+
+# ${gal_config_groups:} in configs/config.yaml's hydra.help.template
+OmegaConf.register_new_resolver("gal_config_groups", config_groups, replace=True)
 # ${join:${gal.arch}} -> "256-64": list-valued settings in run-dir names (configs/ablation/arch.yaml).
 OmegaConf.register_new_resolver("join", lambda items, sep="-": sep.join(map(str, items)), replace=True)
 # ${objective_direction:${task._target_}}: an Optuna search's direction follows the task (configs/hparams_search/)

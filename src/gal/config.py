@@ -320,8 +320,9 @@ def validate(cfg: DictConfig) -> None:
     _one_of("gal.ddp", gal.ddp, DDP_MODES)
     if "hidden" in task:  # the regression MLP
         _widths("task.hidden", task.hidden)
-    if gal.enabled:  # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation)
-        check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
+    # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation), with GAL on or off: a
+    # value out of range is refused either way, never trained past as a baseline
+    check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
     check_point(gal.at)
     if gal.at != "logits" and task._target_.endswith("DetectionTask"):
         raise ConfigError(

@@ -25,6 +25,11 @@ from gal.storage import write_atomically
 if TYPE_CHECKING:  # torch is imported where a run needs it: reading results (the tables) does without
     import torch
 
+# Epochs are numbered from 1 wherever a user reads them: the console ("epoch 3/30"), the progress bar, log.jsonl
+# (a step row's epoch is the one it belongs to, an evaluation row's the epochs trained before it, 0 for a run that
+# only evaluates), metrics.json's best and selected, the checkpoint's and the tables'. Files of runs made when they
+# counted from 0 have no "first_epoch" key: :func:`renumbered` and :func:`renumbered_rows` read them in today's count.
+FIRST_EPOCH = 1
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"  # one JSON line per logged step and evaluation (gal.runlog)
 CONFIG_FILE = "config.yaml"  # the resolved config, written when the run starts
@@ -107,7 +112,7 @@ def keep_best(
     test: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The better of ``best`` and this evaluation by the task's objective (metric, "minimize" | "maximize"):
-    {"metric": name, "epoch": 0-based as in log.jsonl, "metrics": all of that evaluation's metrics}.
+    {"metric": name, "epoch": its number (FIRST_EPOCH), "metrics": all of that evaluation's metrics}.
     A NaN never wins over a number; on a tie the earlier epoch stays.
 
     With ``test`` (the same epoch's test metrics), ``metrics`` are the validation split's, which alone decide:
@@ -121,6 +126,20 @@ def keep_best(
     if test is not None:
         return {"metric": metric, "epoch": epoch, "val": dict(metrics), "metrics": dict(test)}
     return {"metric": metric, "epoch": epoch, "metrics": dict(metrics)}
+
+
+def renumbered(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A best or selected evaluation of a run whose epochs counted from 0 (its checkpoint or metrics.json has no
+    "first_epoch"), with its epoch counted from 1."""
+    return evaluation if evaluation is None else {**evaluation, "epoch": evaluation["epoch"] + 1}
+
+
+def renumbered_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """log.jsonl's rows with epochs counted from 1: a log written when they counted from 0 (a step row of epoch 0)
+    gets 1 added to every row's epoch; one counted from 1 is returned as it is."""
+    if not any(row.get("epoch") == 0 and "loss" in row for row in rows):
+        return rows
+    return [{**row, "epoch": row["epoch"] + 1} if "epoch" in row else row for row in rows]
 
 
 def run_result(summary: dict[str, Any]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from torch import nn
 
 from gal.distributed import average_across_ranks
 from gal.errors import RunLogError
+from gal.results import renumbered_rows
 from gal.storage import storage_errors, write_atomically
 
 log = logging.getLogger("gal.runlog")
@@ -63,10 +64,16 @@ class RunLog:
         self._warned: set[str] = set()
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step``: a resumed run redoes those steps and logs them again."""
+        """Drop rows logged after ``step``: a resumed run redoes those steps and logs them again. A log whose
+        epochs counted from 0 (an older run's) is rewritten counting from 1, as the rows it appends will."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line, row in self._read() if row["step"] <= step]
+        read = self._read()
+        rows = [row for _, row in read]
+        if renumbered_rows(rows) is rows:
+            kept = [line for line, row in read if row["step"] <= step]
+        else:
+            kept = [json.dumps(row) for row in renumbered_rows(rows) if row["step"] <= step]
         text = "".join(line + "\n" for line in kept).encode()
         write_atomically(self.path, lambda file: file.write(text))
 

@@ -38,11 +38,13 @@ from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.results import (
     CONFIG_FILE,
+    FIRST_EPOCH,
     LOG_FILE,
     METRICS_FILE,
     environment,
     format_metrics,
     keep_best,
+    renumbered,
     run_result,
     selected_metrics,
     write_json,
@@ -156,7 +158,8 @@ def train_one_epoch(
     log_every: int,
     progress: tqdm,
 ) -> int:
-    """One pass over ``loader``; returns the global step count after it."""
+    """One pass over ``loader``, the epoch numbered ``epoch`` (from 1, as every log says); returns the global step
+    count after it."""
     model, optimizer, adjuster, precision = trainee.model, trainee.optimizer, trainee.adjuster, trainee.precision
     model.train()
     device = next(model.parameters()).device
@@ -279,6 +282,8 @@ def _train(
         state = load_checkpoint(checkpoint_path)
         start_epoch, step, best = _restore(state, model, trainee, dist_info, checkpoint_path)
         best_val = state.get("best_val")
+        if state.get("first_epoch", 0) != FIRST_EPOCH:  # a run made when epochs counted from 0: renumber its record
+            best, best_val = renumbered(best), renumbered(best_val)
         log.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +294,7 @@ def _train(
         if cfg.logger.wandb:
             wandb_run = start_wandb(cfg.logger.project, cfg.logger.mode, run_dir, str(run_dir), plain_cfg)
     runlog = RunLog(run_dir / LOG_FILE, enabled=dist_info.is_main, wandb_run=wandb_run)
-    runlog.truncate_after(step)
+    runlog.truncate_after(step)  # and renumbers a log whose epochs count from 0 (an older run, resumed)
     progress = tqdm(
         total=epochs * len(train_loader),
         initial=step,
@@ -303,12 +308,13 @@ def _train(
     val_metrics: dict[str, float] | None = None
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
-            for epoch in range(start_epoch, epochs):
+            for epoch in range(start_epoch, epochs):  # 0-based here (the samplers' and schedulers' count) ...
+                number = epoch + 1  # ... and from 1 in everything a user reads (FIRST_EPOCH)
                 set_epoch(train_loader, epoch)
                 log_every = cfg.trainer.log_every
-                step = train_one_epoch(trainee, task, train_loader, runlog, epoch, step, log_every, progress)
-                check_weights_finite(epoch, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
-                for warning in runlog.gal_warnings(epoch) if dist_info.is_main else []:
+                step = train_one_epoch(trainee, task, train_loader, runlog, number, step, log_every, progress)
+                check_weights_finite(number, model=model, adjuster=trainee.adjuster)  # never evaluated or saved if not
+                for warning in runlog.gal_warnings(number) if dist_info.is_main else []:
                     log.warning("%s: %s (the run goes on and is recorded)", run_dir, warning)
                 if trainee.scheduler is not None:
                     trainee.scheduler.step(epoch + 1)
@@ -318,29 +324,29 @@ def _train(
                     metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
                     if trainee.oscillation is not None:
                         metrics["oscillation_q"] = trainee.oscillation.value().item()
-                    runlog.log_epoch(epoch, step, metrics)
-                    best = keep_best(best, metrics, epoch, task.objective)
+                    runlog.log_epoch(number, step, metrics)
+                    best = keep_best(best, metrics, number, task.objective)
                     if val_loader is not None:  # the epoch best on validation, chosen without a look at the test
                         val_metrics = evaluate(task, evaluated, val_loader, trainee.precision)
-                        runlog.log_epoch(epoch, step, val_metrics, split="val")
-                        best_val = keep_best(best_val, val_metrics, epoch, task.objective, test=metrics)
+                        runlog.log_epoch(number, step, val_metrics, split="val")
+                        best_val = keep_best(best_val, val_metrics, number, task.objective, test=metrics)
                     if dist_info.is_main:
-                        log.info("epoch %d/%d: %s", epoch + 1, epochs, format_metrics(metrics))
+                        log.info("epoch %d/%d: %s", number, epochs, format_metrics(metrics))
                 if cfg.trainer.checkpoint:
                     every_rank_rng = gather_to_main(rng_state(dist_info.device))  # a collective: all ranks call it
                     if dist_info.is_main:
-                        state = _state(model, trainee, epoch + 1, step, every_rank_rng, plain_cfg, best, best_val)
+                        state = _state(model, trainee, number, step, every_rank_rng, plain_cfg, best, best_val)
                         save_checkpoint(state, checkpoint_path)
             if not metrics:  # resumed a finished run, or trained no epochs (evaluating a checkpoint)
                 metrics = evaluate(task, evaluated, eval_loader, trainee.precision)
-                best = best or keep_best(None, metrics, start_epoch - 1, task.objective)
+                best = best or keep_best(None, metrics, start_epoch, task.objective)  # after start_epoch epochs
                 if val_loader is not None:
                     val_metrics = evaluate(task, evaluated, val_loader, trainee.precision)
-                    best_val = best_val or keep_best(None, val_metrics, start_epoch - 1, task.objective, test=metrics)
+                    best_val = best_val or keep_best(None, val_metrics, start_epoch, task.objective, test=metrics)
     finally:
         progress.close()
         runlog.close()
-    selected = selected_metrics(cfg.trainer.select, metrics, val_metrics, best_val, max(epochs, start_epoch) - 1)
+    selected = selected_metrics(cfg.trainer.select, metrics, val_metrics, best_val, max(epochs, start_epoch))
     if dist_info.is_main:
         summary = {
             "metrics": metrics,  # the last evaluation's
@@ -348,6 +354,7 @@ def _train(
             **({"val": val_metrics, "best_val": best_val} if val_loader is not None else {}),
             "selected": selected,  # trainer.select's: the last evaluation, or the test metrics of the best on val
             "epochs": epochs,
+            "first_epoch": FIRST_EPOCH,  # how "epoch" counts here and in log.jsonl (absent: from 0, older runs)
             "steps": step,
             "train_seconds": time.perf_counter() - started,
             "gal_weights": trainee.adjuster.count_weights() if trainee.adjuster is not None else 0,
@@ -356,9 +363,9 @@ def _train(
         }
         write_json(summary, run_dir / METRICS_FILE)
         name, _ = task.objective
-        best_line = f"; best {name} {best['metrics'][name]:.4g} at epoch {best['epoch'] + 1}" if best else ""
+        best_line = f"; best {name} {best['metrics'][name]:.4g} at epoch {best['epoch']}" if best else ""
         if cfg.trainer.select == "best_val":
-            best_line += (f"; selected on validation: epoch {selected['epoch'] + 1}, val {name} "
+            best_line += (f"; selected on validation: epoch {selected['epoch']}, val {name} "
                           f"{selected['val'][name]:.4g}, test {name} {selected['metrics'][name]:.4g}")  # fmt: skip
         log.info("%s: %s%s", run_dir, format_metrics(metrics), best_line)
     return run_result({"selected": selected})  # what a search scores: "val/<name>" beside the test metrics
@@ -422,6 +429,7 @@ def _state(
         "optimizer": trainee.optimizer.state_dict(),
         "scaler": trainee.precision.scaler.state_dict(),
         "epoch": epoch,
+        "first_epoch": FIRST_EPOCH,  # how best's and log.jsonl's epochs count (absent: from 0, older runs)
         "step": step,
         "rng": rng,
         "best": best,

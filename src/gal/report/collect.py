@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gal.report.paper import Location, Metric, experiment_location
-from gal.results import LOG_FILE, load_metrics, run_dirs, run_seed
+from gal.results import LOG_FILE, load_metrics, renumbered_rows, run_dirs, run_seed
 
 PROTOCOL_SEEDS = range(5)  # the paper's protocol: 5 seeds (Table V; Tables I-IV run 3, seeds 0-2)
 CONFIRM_SEEDS = range(20)  # `make confirm`: the 20-seed check of each comparison
@@ -98,9 +98,9 @@ def reported_metrics(run_dir: Path, summary: dict, which: str) -> dict[str, floa
 
 
 def log_rows(run_dir: Path) -> list[dict]:
-    """A run's log.jsonl, one dict per line (training steps carry "step", evaluations "split")."""
+    """A run's log.jsonl, one dict per line (training steps carry "step", evaluations "split"), epochs from 1."""
     with open(Path(run_dir) / LOG_FILE) as log:
-        return [json.loads(line) for line in log]
+        return renumbered_rows([json.loads(line) for line in log])
 
 
 def step_means(results_dir: Path, runs: Runs, keys: tuple[str, ...], seeds: range = PROTOCOL_SEEDS) -> dict[str, float]:
