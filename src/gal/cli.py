@@ -18,8 +18,9 @@ from gal.errors import ConfigError, SetupError
 
 
 def config_dir() -> str:
-    """Where the configs are: gal/configs inside an installed package (``pip install .``: pyproject.toml ships
-    configs/ there), else configs/ at the top of the repo, beside src/ (a clone, ``pip install -e .``).
+    """Where the configs are: gal/configs, which in a clone is a link to configs/ at the top of the repo and in an
+    installed package (``pip install .``) the copy pyproject.toml ships; configs/ itself when the link is missing
+    (a checkout made without symlinks).
 
     An absolute path: Hydra would look for a relative one inside the package when the entry point is a module
     (python -m gal, gal-train, submitit's unpickled task function).

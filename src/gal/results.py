@@ -134,10 +134,15 @@ def renumbered(evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     return evaluation if evaluation is None else {**evaluation, "epoch": evaluation["epoch"] + 1}
 
 
+def counts_from_0(rows: list[dict[str, Any]]) -> bool:
+    """Whether log.jsonl's rows were written when epochs counted from 0: a step row of epoch 0."""
+    return any(row.get("epoch") == 0 and "loss" in row for row in rows)
+
+
 def renumbered_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """log.jsonl's rows with epochs counted from 1: a log written when they counted from 0 (a step row of epoch 0)
-    gets 1 added to every row's epoch; one counted from 1 is returned as it is."""
-    if not any(row.get("epoch") == 0 and "loss" in row for row in rows):
+    """log.jsonl's rows with epochs counted from 1: a log that :func:`counts_from_0` gets 1 added to every row's
+    epoch; one counted from 1 is returned as it is."""
+    if not counts_from_0(rows):
         return rows
     return [{**row, "epoch": row["epoch"] + 1} if "epoch" in row else row for row in rows]
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from gal.distributed import average_across_ranks
 from gal.errors import RunLogError
-from gal.results import renumbered_rows
+from gal.results import counts_from_0, renumbered_rows
 from gal.storage import storage_errors, write_atomically
 
 log = logging.getLogger("gal.runlog")
@@ -69,11 +69,10 @@ class RunLog:
         if not (self.enabled and self.path.exists()):
             return
         read = self._read()
-        rows = [row for _, row in read]
-        if renumbered_rows(rows) is rows:
-            kept = [line for line, row in read if row["step"] <= step]
+        if counts_from_0([row for _, row in read]):
+            kept = [json.dumps(row) for row in renumbered_rows([row for _, row in read]) if row["step"] <= step]
         else:
-            kept = [json.dumps(row) for row in renumbered_rows(rows) if row["step"] <= step]
+            kept = [line for line, row in read if row["step"] <= step]  # the lines as written
         text = "".join(line + "\n" for line in kept).encode()
         write_atomically(self.path, lambda file: file.write(text))
 
