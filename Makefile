@@ -38,7 +38,7 @@ endif
 
 .PHONY: help venv test test-slow lint format quickstart synthetic-cifar cifar100-smoke reproduce-regression reproduce-digits table1 table2 table3 table4 table5 paper-files \
 	digits table5-readings tuned eq7 where-to-inject where-to-inject-confirm where-to-inject-cifar100 confirm bench bench-startup bench-throughput gpu-check device-bundle fig4 figures ablations reproduce-ablations adarem notebook \
-	clean-venv
+	clean-runs clean-venv
 
 help:  ## this list
 	@grep -hE '^[a-zA-Z0-9_%/ -]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([^:]+):.*## (.*)/  \1\t\2/' | expand -t 34
@@ -332,6 +332,12 @@ gpu-check: venv  ## on one CUDA GPU: paper models GAL off/on, trainer kill+resum
 # What a lent GPU machine needs to run gpu_check.py offline: wheels of .venv's versions + run.sh (device_bundle/)
 device-bundle: venv  ## device_bundle/: wheels + run.sh for `bash device_bundle/run.sh` on a GPU machine
 	$(PY) scripts/device_bundle.py
+
+# Training again from scratch: a run directory that holds a run is never started over (trainer.if_exists)
+RUNS_DIR ?= results/runs
+clean-runs:  ## remove the runs under results/runs/ (NAME=<name>: that experiment's only); results/tables/ stays
+	@case "$(NAME)" in */*|..|.) echo "error: NAME=$(NAME): give an experiment's name (a folder of $(RUNS_DIR)/)"; exit 1;; esac
+	rm -rf $(RUNS_DIR)/$(NAME)
 
 clean-venv:  ## remove .venv
 	rm -rf $(VENV)

@@ -8,6 +8,8 @@
 
 Every number comes from a metrics.json written by `python -m gal`; a row with no runs is marked missing with the
 reason (the data set's own error, or the command to run). The footer's date is today's, or SOURCE_DATE_EPOCH's.
+A table already written is not replaced by one with fewer filled cells or without one of its sections (built from
+fewer runs: gal.report.keep): the command says which runs are missing and exits with status 1; --force replaces it.
 """
 
 import argparse
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from gal.report import TABLES, build_date
 from gal.report.ablations import adarem_confirm_targets
+from gal.report.keep import held_back
 from gal.report.paper import MAKE_ROWS_FILE, ROOT, make_rows, with_readme_table
 from gal.report.readings import confirm_targets as readings_confirm_targets
 from gal.report.tuned import best_overrides
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--readme", action="store_true", help="rewrite README.md's paper table")
     parser.add_argument("--results", type=Path, default=Path("results"), help="results folder (runs/ inside)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/tables)")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace a table even by one with fewer filled cells or sections (built from fewer runs)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.tuned_overrides:
         print(" ".join(best_overrides(args.results, *args.tuned_overrides)))
@@ -64,11 +71,19 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.results / "tables"
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/make_tables.py " + " ".join(args.tables)
+    kept = []
     for name in args.tables:
-        body = TABLES[name](args.results)
+        body, path = TABLES[name](args.results), out / f"{name}.md"
+        if path.is_file() and not args.force and (reason := held_back(path.read_text(), body)):
+            print(f"error: {path} not rewritten: {reason}", file=sys.stderr)
+            kept.append(name)
+            continue
         footer = f"\n\nGenerated {build_date()} by `{command}` from results/runs/.\n"
-        (out / f"{name}.md").write_text(body + footer)
-        print(f"wrote {out / f'{name}.md'}", file=sys.stderr)
+        path.write_text(body + footer)
+        print(f"wrote {path}", file=sys.stderr)
+    if kept:
+        print(f"(`python scripts/make_tables.py --force {' '.join(kept)}` replaces them anyway)", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

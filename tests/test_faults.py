@@ -20,10 +20,11 @@ from torch import nn
 
 from gal import storage
 from gal.checkpoint import load_checkpoint
+from gal.cli import run
 from gal.errors import CheckpointError, RunLogError, SetupError, StorageError
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite
 from gal.tasks.regression import RegressionTask
-from gal.train import run, train
+from gal.train import train
 
 FAST = ["task=diabetes", "trainer.epochs=2", "trainer.progress=false", "trainer.log_every=5"]
 RESUME = "trainer.if_exists=resume"  # continue the run in place (diabetes: 12 steps per epoch)

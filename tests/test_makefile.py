@@ -154,3 +154,16 @@ def test_each_cpu_run_target_gives_hydra_overrides_it_can_parse(target):
     overrides = [word for word in shlex.split(command) if "=" in word and not word.startswith("OMP_NUM_THREADS")]
     parsed = OverridesParser.create().parse_overrides(overrides)
     assert {o.key_or_group for o in parsed} >= {"seed", "experiment", "trainer.if_exists"}
+
+
+def test_make_clean_runs_removes_one_experiments_runs_or_all_and_refuses_a_path(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("my_run", "default"):
+        (runs / name / "diabetes" / "seed=0").mkdir(parents=True)
+        (runs / name / "diabetes" / "seed=0" / "metrics.json").write_text("{}")
+    assert make("clean-runs", f"RUNS_DIR={runs}", "NAME=my_run").returncode == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["default"]
+    refused = make("clean-runs", f"RUNS_DIR={runs}", "NAME=../x")
+    assert refused.returncode != 0 and "error: NAME=../x: give an experiment's name" in refused.stdout
+    assert make("clean-runs", f"RUNS_DIR={runs}").returncode == 0
+    assert not runs.exists() and tmp_path.exists()

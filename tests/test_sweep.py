@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gal.cli import run
 from gal.errors import RunExistsError
 from gal.lifecycle import LOCK_FILE
 from gal.sweep import _arm_names
-from gal.train import run, train
+from gal.train import train
 
 from .conftest import compose_config
 from .test_train import targets_turn_nan

@@ -13,6 +13,7 @@ import torch
 from gal.adjuster import GradientAdjuster
 from gal.benchmarking import BenchTask, random_batches, trainer_arm
 from gal.checkpoint import load_checkpoint
+from gal.cli import run
 from gal.device_check import step_host_syncs
 from gal.errors import ConfigError
 from gal.optim import build_optimizer
@@ -20,7 +21,7 @@ from gal.precision import Precision
 from gal.results import keep_best
 from gal.runlog import NonFiniteLossError
 from gal.tasks.regression import RegressionTask
-from gal.train import Trainee, configure_backends, run, train
+from gal.train import Trainee, configure_backends, train
 
 FAST = ["task=diabetes", "trainer.epochs=2", "trainer.progress=false", "trainer.log_every=5"]
 

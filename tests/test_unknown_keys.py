@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gal.config import validate
+from gal.cli import chosen_schemas, plain_override_keys, plain_overrides
+from gal.config import undeclared_override, validate
 from gal.device_check import CPU_MODELS, GPU_MODELS, compose_row
 from gal.errors import ConfigError
 
@@ -79,20 +80,67 @@ def test_every_device_check_row_validates(row):
     validate(compose_row(models[name]))
 
 
-def test_command_line_says_the_unknown_key_in_one_line_and_writes_nothing(tmp_path):
-    command = [
-        sys.executable,
-        "-m",
-        "gal",
-        "task=diabetes",
-        "+gal.alpah=0.1",
-        "trainer.epochs=1",
-        f"results_dir={tmp_path}",
-    ]
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("+gal.alpah=0.1", "gal.alpha"),
+        ("gal.alpah=0.1", "gal.alpha"),  # without +: Hydra's own message would name no nearest key
+        ("trainer.epochz=1", "trainer.epochs"),
+        ("optimizer.lrr=1", "optimizer.lr"),  # the optimizer's schema follows its file: any optimizer's keys
+        ("task.val_sise=0.2", "task.val_size"),
+        ("gal.alpah=0.1,0.2", "gal.alpha"),  # a sweep's key, before any job starts
+    ],
+)
+def test_command_line_says_the_unknown_key_in_one_line_and_writes_nothing(tmp_path, typo, meant):
+    key = typo.lstrip("+").partition("=")[0]
+    multirun = ["--multirun"] if "," in typo else []
+    command = [sys.executable, "-m", "gal", *multirun, "task=diabetes", typo, "trainer.epochs=1"]
+    command += [f"results_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     (line,) = result.stderr.splitlines()
-    assert line.startswith("error: gal.alpah is not a setting of gal (did you mean gal.alpha?)"), line
-    # Hydra makes the (empty) run directory before the task function runs; no file lands in it
+    node = key.rpartition(".")[0]
+    assert line.startswith(f"error: {key} is not a setting of {node} (did you mean {meant}"), line
+    # with +, Hydra makes the (empty) run directory before the task function runs; no file lands in it
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["gal.alpha", "optimizer.momentum", "task.model.drop_rate", "task.cost.cost_class", "seed", "hydra.job.chdir"],
+)
+def test_a_declared_key_or_one_below_an_open_node_is_left_to_hydra(key):
+    assert undeclared_override(key) is None
+    assert plain_override_keys([key + "=1"]) == ([] if key.startswith("hydra.") else [key])
+
+
+def test_only_plain_overrides_of_settings_are_checked_before_hydra():
+    argv = ["--multirun", "task=diabetes", "gal=off,on", "hydra/launcher=slurm", "+gal.x=1", "~gal.bias", "seed=0,1"]
+    assert plain_override_keys([*argv, "--cfg", "job"]) == ["seed"]
+    assert plain_override_keys(["gal.alpha=[unclosed"]) == []  # Hydra's own error says what is wrong
+
+
+@pytest.mark.parametrize(
+    ("args", "refusal"),
+    [
+        (["task=diabetes", "optimizer.momentum=0.9"], "error: optimizer.momentum is not a setting of optimizer; the settings of "
+         "optimizer are: name, lr, weight_decay, filter_bias_and_bn, betas"),  # adam's, config.yaml's default
+        (["task=diabetes", "task.num_classes=3"], "error: task.num_classes is not a setting of task; the settings of task are: "),
+        (["task=diabetes", "optimizer=sgd", "optimizer.momentum=0.9"], None),
+        (["experiment=digits", "task.num_classes=10"], None),
+        (["--multirun", "optimizer=sgd,adam", "optimizer.momentum=0.9"], None),  # each job's schema: Hydra's to check
+    ],
+)  # fmt: skip
+def test_a_key_of_another_choices_schema_is_refused_for_the_choice_made(tmp_path, args, refusal):
+    command = [sys.executable, "-m", "gal", *args, "--cfg", "job"]
+    if "--multirun" in args:
+        assert chosen_schemas(plain_overrides(args)) is None
+        return
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    if refusal is None:
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(refusal), line

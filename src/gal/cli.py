@@ -5,15 +5,23 @@ a refused typo answer before torch is imported; the task function imports gal.tr
 launchers that pickle the task function (hydra-submitit-launcher) find it here by reference.
 """
 
+import argparse
 import math
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from gal.config import declared_keys_only  # importing gal.config registers the schemas that configs/ extends
+from gal.config import (  # importing gal.config registers the schemas that configs/ extends
+    declared_keys_only,
+    gal_off_warning,
+    schema_varies,
+    undeclared_override,
+)
 from gal.errors import ConfigError, SetupError
 
 
@@ -66,6 +74,7 @@ def run(cfg: DictConfig) -> float:
 
     try:
         declared_keys_only(cfg)
+        _warn_if_gal_settings_unused(cfg)
         if sweep.searching() and not cfg.task.get("val_size"):
             raise ConfigError(
                 "a search scores each trial on the validation split, and this task has none: set task.val_size "
@@ -98,7 +107,100 @@ def run(cfg: DictConfig) -> float:
     return value if not math.isnan(value) else math.inf if direction == "minimize" else -math.inf
 
 
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
+def _warn_if_gal_settings_unused(cfg: DictConfig) -> None:
+    """A single run with GAL off whose command line sets gal.* says, in one line, that it trains the baseline (a
+    sweep says it once, before its jobs: gal.sweep.SweepSummary)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from gal import sweep
+
+    if cfg.gal.enabled or not HydraConfig.initialized() or HydraConfig.get().mode == RunMode.MULTIRUN:
+        return
+    if (warning := gal_off_warning(list(HydraConfig.get().overrides.task))) and sweep.first_process():
+        print(warning, file=sys.stderr, flush=True)
+
+
+hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gal`` and ``gal-train``: Hydra's main, once the plain overrides' keys are known to be settings.
+
+    A ``key=value`` whose key no schema declares (``gal.alpah=0.1``, or ``optimizer.momentum`` with adam) is refused
+    in one line naming the nearest declared keys, before Hydra composes (its own message names none) and before
+    anything is written.
+    """
+    overrides = plain_overrides(sys.argv[1:] if argv is None else argv)
+    keys = [override.key_or_group for override in overrides if _is_setting(override)]
+    chosen = chosen_schemas(overrides) if any(schema_varies(key) for key in keys) else None
+    for key in keys:
+        if problem := undeclared_override(key, chosen):
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise ConfigError(problem)
+            raise SystemExit(f"error: {problem}")
+    hydra_main()
+
+
+def plain_overrides(argv: list[str]) -> list[Any]:
+    """The command line's overrides, parsed as Hydra parses them (hydra.core.override_parser's ``Override``s); none
+    for a command line Hydra cannot read (Hydra's own error says what is wrong)."""
+    from hydra._internal.utils import get_args_parser  # Hydra's parser of its command line (hydra.main uses it)
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = get_args_parser()
+    parser.exit_on_error = False  # argparse raises instead of exiting (Python >= 3.9)
+    try:
+        return OverridesParser.create().parse_overrides(parser.parse_known_args(argv)[0].overrides)
+    except (argparse.ArgumentError, HydraException, SystemExit):
+        return []
+
+
+def _is_setting(override: Any) -> bool:
+    """Whether ``override`` sets a key, ``key=value`` or a sweep ``key=a,b``: not a config group's choice
+    (``task=diabetes``, ``hydra/launcher=slurm``), Hydra's own ``hydra.*``, nor ``+``/``++``/``~`` (the keys these
+    add or delete are gal.config.validate's to check)."""
+    from hydra.core.override_parser.types import OverrideType
+
+    key = override.key_or_group
+    return (
+        override.type == OverrideType.CHANGE
+        and override.package is None
+        and "/" not in key
+        and key not in _group_names()
+        and key.split(".")[0] != "hydra"
+    )
+
+
+def _group_names() -> set[str]:
+    return {path.name for path in Path(CONFIG_DIR).iterdir() if path.is_dir()}
+
+
+def plain_override_keys(argv: list[str]) -> list[str]:
+    """The keys the command line's plain overrides set (:func:`_is_setting`)."""
+    return [override.key_or_group for override in plain_overrides(argv) if _is_setting(override)]
+
+
+def chosen_schemas(overrides: list[Any]) -> dict[str, Any] | None:
+    """The schema of each config group's choice (task, optimizer, scheduler: gal.config.SCHEMAS), learnt by composing
+    the command line's config choices; None where that cannot be known before the sweep (a group swept over,
+    ``optimizer=sgd,adam``) or composing fails (Hydra says why when it composes)."""
+    from hydra import compose, initialize_config_dir
+
+    from gal.config import SCHEMAS
+
+    groups = _group_names()
+    if any(o.is_sweep_override() and o.key_or_group.split("/")[0] in groups for o in overrides):
+        return None
+    kept = [o.input_line for o in overrides if not _is_setting(o) and not o.is_sweep_override()]
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[line for line in kept if not line.startswith("hydra")])
+    except Exception:  # noqa: BLE001 (any composing error is Hydra's to report, with its own message)
+        return None
+    return {group: OmegaConf.get_type(cfg[group]) for group in SCHEMAS if group in cfg}
+
 
 if __name__ == "__main__":
     main()

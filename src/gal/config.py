@@ -19,6 +19,7 @@ validate() imports the modules whose names it checks against.
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,6 +410,72 @@ def declared_keys_only(node: DictConfig, path: str = "") -> None:
             continue
         if isinstance(child := node[key], DictConfig):
             declared_keys_only(child, f"{path}{key}.")
+
+
+def undeclared_override(key: str, chosen: dict[str, Any] | None = None) -> str | None:
+    """The refusal, in one line naming the nearest declared keys, of a plain override ``key=value`` whose key no
+    schema declares; None for a declared key (or one below an open node such as task.model).
+
+    Hydra refuses such a key while composing, with ``Key 'alpah' not in 'GalConfig'`` and no nearest key; gal.cli
+    asks this first. The schema of task, optimizer and scheduler follows the file chosen: ``chosen`` maps a group
+    to the schema of its choice (gal.cli composes to learn it, for a key that :func:`schema_varies` for); without
+    it, a key of any of the group's schemas passes.
+    """
+    parts = key.split(".")
+    if parts[0] == "hydra":  # Hydra's own node: Hydra checks it
+        return None
+    schemas: list[Any] = [Config]
+    for depth, part in enumerate(parts):
+        declared = list(dict.fromkeys(f.name for schema in schemas for f in dataclasses.fields(schema)))
+        if part not in declared:
+            return _not_a_setting("".join(f"{name}." for name in parts[:depth]), part, declared)
+        if depth == 0 and part in SCHEMAS:
+            schema = (chosen or {}).get(part)
+            schemas = [schema] if dataclasses.is_dataclass(schema) else list(dict.fromkeys(SCHEMAS[part].values()))
+        else:  # a field typed by a schema is walked into; any other (a value, an open dict) ends the check
+            hints = [typing.get_type_hints(schema).get(part) for schema in schemas]
+            schemas = [hint for hint in hints if dataclasses.is_dataclass(hint)]
+        if not schemas:
+            return None
+    return None
+
+
+def schema_varies(key: str) -> bool:
+    """Whether ``key`` (``optimizer.momentum``) is a setting of some but not all of its group's schemas, so that
+    whether it is one depends on the file chosen (sgd's, not adam's)."""
+    group, _, rest = key.partition(".")
+    names = [{f.name for f in dataclasses.fields(schema)} for schema in SCHEMAS.get(group, {}).values()]
+    setting = rest.partition(".")[0]
+    return bool(rest) and any(setting in n for n in names) and not all(setting in n for n in names)
+
+
+def gal_off_warning(overrides: list[str], choices: list[str] | None = None) -> str | None:
+    """The warning for ``gal.*`` settings given where GAL stays off: one line naming them, or None.
+
+    ``overrides``: a run's or a sweep's command line (hydra.overrides.task). A single run asks once it knows that
+    its GAL is off (``choices`` None); a sweep asks before its jobs, ``choices`` being its gal choice where no override
+    sweeps it (hydra.runtime.choices.gal): it warns only if no choice of the sweep is other than off, since
+    ``gal=off,on gal.alpha=0.1`` sets the GAL arm's alpha. An explicit ``gal.enabled`` is the user's own: no warning.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        for override in parsed:
+            if override.key_or_group == "gal" and override.package is None and choices is not None:
+                sweep = override.is_sweep_override()
+                choices = list(override.sweep_string_iterator()) if sweep else [str(override.value())]
+    except Exception:  # noqa: BLE001 (a glob or range over choices: Hydra expands it; say nothing rather than guess)
+        return None
+    given = [o.input_line for o in parsed if o.key_or_group.startswith("gal.") and o.type != OverrideType.DEL]
+    if not given or any(o.key_or_group == "gal.enabled" for o in parsed) or set(choices or ["off"]) != {"off"}:
+        return None
+    settings = " ".join(given)
+    return (
+        f"warning: {settings} {'is' if len(given) == 1 else 'are'} set but GAL is off (gal=off): "
+        f"{'this run trains' if choices is None else 'every job of this sweep trains'} the baseline; add gal=on"
+    )
 
 
 def _not_a_setting(path: str, key: str, declared: list[str]) -> str:

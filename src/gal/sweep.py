@@ -48,6 +48,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from gal.config import gal_off_warning
 from gal.storage import write_atomically
 
 # ${zero_padded:${hydra.job.num}} -> "007": a search's trial folders list in trial order (configs/hparams_search/)
@@ -97,6 +98,11 @@ def _reason(run_dir: str, error: Exception) -> str:
     """The error's message without its leading run dir (the line names it already)."""
     message, prefix = str(error), str(Path(run_dir))
     return message.removeprefix(f"{prefix}/").removeprefix(f"{prefix} ") or type(error).__name__
+
+
+def _search_overrides(sweeper: DictConfig) -> list[str]:
+    """A search's (hydra-optuna-sweeper's) swept settings as overrides, ``key=choice(...)``; none for Hydra's own."""
+    return [f"{key}={value}" for key, value in (OmegaConf.select(sweeper, "params") or {}).items()]
 
 
 def _remove_empty(folder: Path, stop: Path) -> None:
@@ -181,6 +187,9 @@ class SweepSummary(Callback):
             if first_process():
                 _write_json(budget, sweep_dir / BUDGET_FILE)
         if first_process():
+            overrides = [*config.hydra.overrides.task, *_search_overrides(config.hydra.sweeper)]
+            if warning := gal_off_warning(overrides, [str(OmegaConf.select(config, "hydra.runtime.choices.gal"))]):
+                print(warning, file=sys.stderr, flush=True)
             self.sweep_folder = _new_folder(self.folder, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
             # a sweep stopped before its first job (a launcher's error, Ctrl-C) leaves no empty folder
             atexit.register(_remove_empty, self.sweep_folder, self.folder.parent)

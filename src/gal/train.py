@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -28,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from gal.adarem import OscillationTracker
 from gal.adjuster import GradientAdjuster
 from gal.checkpoint import WHAT_TO_DO, kept_checkpoint, load_checkpoint, save_checkpoint
-from gal.cli import CONFIG_DIR, run  # run: the task function (gal.cli registers the resolvers the configs use)
+from gal.cli import main  # python -m gal.train's entry point (gal.cli registers the resolvers the configs use)
 from gal.config import validate
 from gal.distributed import DistInfo, broadcast_from_main, gather_to_main, init_distributed
 from gal.errors import CheckpointError, ConfigError, RunExistsError
@@ -467,7 +466,5 @@ def _restore(
     return state["epoch"], state["step"], state.get("best")
 
 
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(run)
-
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m gal.train: gal.cli.main, as python -m gal
     main()
