@@ -124,9 +124,11 @@ def test_only_plain_overrides_of_settings_are_checked_before_hydra():
 @pytest.mark.parametrize(
     ("args", "refusal"),
     [
-        (["task=diabetes", "optimizer.momentum=0.9"], "error: optimizer.momentum is not a setting of optimizer; the settings of "
-         "optimizer are: name, lr, weight_decay, filter_bias_and_bn, betas"),  # adam's, config.yaml's default
-        (["task=diabetes", "task.num_classes=3"], "error: task.num_classes is not a setting of task; the settings of task are: "),
+        (["task=diabetes", "optimizer.momentum=0.9"],
+         "error: optimizer.momentum is not a setting of optimizer; the settings of optimizer are: name, lr, "
+         "weight_decay, filter_bias_and_bn, betas"),  # adam's, config.yaml's default
+        (["task=diabetes", "task.num_classes=3"],
+         "error: task.num_classes is not a setting of task; the settings of task are: "),
         (["task=diabetes", "optimizer=sgd", "optimizer.momentum=0.9"], None),
         (["experiment=digits", "task.num_classes=10"], None),
         (["--multirun", "optimizer=sgd,adam", "optimizer.momentum=0.9"], None),  # each job's schema: Hydra's to check
