@@ -168,7 +168,7 @@ def test_label_smoothing_is_in_the_training_loss_and_gals_not_in_the_test_loss()
     task = ClassificationTask("digits", 10, {"name": "digits_cnn"}, 32, label_smoothing=0.1)
     model = task.build_model()
     images, labels = next(iter(task.loaders(0, 0, 1)[0]))
-    logits, loss_fn = task.features_and_loss(model, (images, labels))
+    logits, loss_fn, _ = task.features_and_loss(model, (images, labels))
     smoothed = (0.9 * -logits.log_softmax(1).gather(1, labels[:, None])[:, 0]) - 0.1 * logits.log_softmax(1).mean(1)
     torch.testing.assert_close(loss_fn(logits), smoothed)  # timm's LabelSmoothingCrossEntropy, per sample
     assert task.evaluate(model, task.loaders(0, 0, 1)[1])["loss"] == pytest.approx(
@@ -249,8 +249,8 @@ def test_ddp_matches_one_process_on_the_same_global_batch(tmp_path, gal):
         f"results_dir={tmp_path}",
     ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run([*torchrun, "-m", "gal.train", *common, "name=ddp"], check=True, cwd=tmp_path)
-    subprocess.run([sys.executable, "-m", "gal.train", *common, "name=single"], check=True, cwd=tmp_path)
+    subprocess.run([*torchrun, "-m", "gal", *common, "name=ddp"], check=True, cwd=tmp_path)
+    subprocess.run([sys.executable, "-m", "gal", *common, "name=single"], check=True, cwd=tmp_path)
     runs = {name: tmp_path / "runs" / name / f"digits/sgd/{gal}/seed=0" for name in ("ddp", "single")}
     for part in ("model", "adjuster"):  # the adjuster state is None with GAL off
         states = {name: torch.load(run / "last.pt", weights_only=True)[part] or {} for name, run in runs.items()}

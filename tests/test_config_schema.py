@@ -12,8 +12,9 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 
-from gal.config import SCHEMAS, validate
+from gal.config import SCHEMAS
 from gal.errors import ConfigError
+from gal.validate import validate
 
 from .conftest import CONFIG_DIR, compose_config
 

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from gal.optim import build_optimizer
 from gal.schedule import build_scheduler
-from gal.train import build_adjuster, build_task
+from gal.train import build_task
+from gal.trainee import build_adjuster
 
 from .conftest import CONFIG_DIR, compose_config
 from .synthetic_images import image_task_overrides

@@ -102,7 +102,7 @@ def test_tiny_detr_learns_the_synthetic_set(tmp_path, gal):
 def test_detr_trains_under_torchrun_with_two_processes(tmp_path):
     root = synthetic_coco(tmp_path / "coco", 4)
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gal.train",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gal",
         "experiment=table4_coco_detr_r50", "gal=on", f"task.root={root}", *TINY_DETR, "task.global_batch_size=2",
         "trainer.epochs=1", "trainer.progress=false", f"results_dir={tmp_path / 'results'}",
     ]  # fmt: skip

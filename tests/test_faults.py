@@ -23,6 +23,7 @@ from gal.checkpoint import load_checkpoint
 from gal.cli import run
 from gal.errors import CheckpointError, RunLogError, SetupError, StorageError
 from gal.runlog import NonFiniteLossError, RunLog, check_weights_finite
+from gal.tasks import Features
 from gal.tasks.regression import RegressionTask
 from gal.train import train
 
@@ -295,8 +296,8 @@ class FaultyDiabetes(RegressionTask):
         x, y = batch
         if self.nan_loss_from_step and self.calls >= self.nan_loss_from_step:
             y = y * float("nan")
-        z, loss_fn = super().features_and_loss(model, (x, y))
-        return (_NaNGradient.apply(z) if self.calls == self.nan_gradient_at_step else z), loss_fn
+        z, loss_fn, _ = super().features_and_loss(model, (x, y))
+        return Features(_NaNGradient.apply(z) if self.calls == self.nan_gradient_at_step else z, loss_fn)
 
 
 @pytest.fixture

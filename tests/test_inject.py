@@ -15,10 +15,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from gal.adjuster import GradientAdjuster
-from gal.config import validate
 from gal.errors import ConfigError
 from gal.inject import Injection
+from gal.tasks import Features, Task
 from gal.train import train
+from gal.validate import validate
 
 from .conftest import compose_config
 from .test_distributed import TORCHRUN, assert_same_run, launch
@@ -26,12 +27,12 @@ from .test_distributed import TORCHRUN, assert_same_run, launch
 torch.set_num_threads(1)
 
 
-class ImageTask:
+class ImageTask(Task):
     """The classification task's step (cross-entropy on model(images)), for any model."""
 
     def features_and_loss(self, model, batch):
         images, labels = batch
-        return model(images), lambda logits: F.cross_entropy(logits.float(), labels, reduction="none")
+        return Features(model(images), lambda logits: F.cross_entropy(logits.float(), labels, reduction="none"))
 
 
 class BNNet(nn.Module):
@@ -61,7 +62,7 @@ def gradients(model):
 def plain_gradients(model, task, batch, seed=0):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(seed)
-    output, loss_fn = task.features_and_loss(model, batch)
+    output, loss_fn, _ = task.features_and_loss(model, batch)
     loss_fn(output).mean().backward()
     return gradients(model)
 
@@ -126,7 +127,7 @@ def test_loss_fn_at_z_is_the_training_loss_with_dropout_after_the_point():
     model, task, batch = BNNet().train(), ImageTask(), image_batch()
     injection = Injection("module:fc", model, task, batch)
     torch.manual_seed(1)
-    output, plain_loss = task.features_and_loss(model, batch)
+    output, plain_loss, _ = task.features_and_loss(model, batch)
     torch.manual_seed(1)
     z, loss_fn, _ = injection.features_and_loss(task, model, batch)
     assert torch.equal(loss_fn(z), plain_loss(output))
@@ -140,10 +141,10 @@ def test_the_gal_step_at_a_hidden_layer_matches_eq_4_to_7_in_float64():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 1)).double()
     x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
 
-    class Regression:
+    class Regression(Task):
         def features_and_loss(self, model, batch):
             inputs, targets = batch
-            return model(inputs), lambda out: (out.squeeze(-1) - targets) ** 2
+            return Features(model(inputs), lambda out: (out.squeeze(-1) - targets) ** 2)
 
     task, lr, alpha, beta = Regression(), 0.1, 0.3, 2.0
     injection = Injection("module:1", model, task, (x, y))

@@ -11,12 +11,12 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from gal.adjuster import GradientAdjuster
-from gal.config import validate
 from gal.errors import ConfigError
 from gal.report.readings import distance
 from gal.tasks.classification import ClassificationTask
 from gal.tasks.regression import BOSTON_COLUMNS, RegressionTask, load_boston, load_diabetes
 from gal.train import train
+from gal.validate import validate
 
 
 class Constant(torch.nn.Module):
@@ -38,7 +38,7 @@ def test_no_scaling_feeds_the_raw_target_to_the_loss_and_reports_in_its_units():
     torch.testing.assert_close(targets, torch.as_tensor(y_train, dtype=torch.float32))
     torch.testing.assert_close(features, torch.as_tensor(x_train, dtype=torch.float32))
     batch = (features[:4], targets[:4])
-    _, loss_fn = task.features_and_loss(Constant(0.0), batch)
+    _, loss_fn, _ = task.features_and_loss(Constant(0.0), batch)
     torch.testing.assert_close(loss_fn(targets[:4, None]), torch.zeros(4))  # z = the raw target: zero loss
     loader = task.loaders(0, 0, 1)[1]
     assert task.evaluate(Constant(100.0), loader)["mse"] == pytest.approx(np.mean((y_test - 100.0) ** 2), rel=1e-5)

@@ -21,7 +21,8 @@ from gal.precision import Precision
 from gal.results import keep_best
 from gal.runlog import NonFiniteLossError
 from gal.tasks.regression import RegressionTask
-from gal.train import Trainee, configure_backends, train
+from gal.train import train
+from gal.trainee import Trainee, configure_backends
 
 FAST = ["task=diabetes", "trainer.epochs=2", "trainer.progress=false", "trainer.log_every=5"]
 
@@ -226,7 +227,7 @@ def test_command_line_multirun_writes_one_directory_per_seed(tmp_path):
     ],
 )
 def test_command_line_rejects_unknown_names_and_keys(tmp_path, override, message):
-    command = [sys.executable, "-m", "gal.train", override, f"results_dir={tmp_path}"]
+    command = [sys.executable, "-m", "gal", override, f"results_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode != 0 and message in result.stderr
 

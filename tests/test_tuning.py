@@ -102,7 +102,7 @@ def test_make_tuned_runs_both_arms_with_one_trial_count():
 @pytest.mark.parametrize("arm", ["baseline", "gal"])
 @pytest.mark.parametrize("experiment", ["table5_boston", "table5_diabetes", "table5_california", "digits"])
 def test_every_tuning_search_composes_and_validates(arm, experiment):
-    from gal.config import validate
+    from gal.validate import validate
 
     from .conftest import compose_config
 
@@ -112,7 +112,7 @@ def test_every_tuning_search_composes_and_validates(arm, experiment):
 
 
 def test_every_reading_of_the_recipe_composes_and_validates():
-    from gal.config import validate
+    from gal.validate import validate
 
     from .conftest import compose_config
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gal.cli import chosen_schemas, plain_override_keys, plain_overrides
-from gal.config import undeclared_override, validate
 from gal.device_check import CPU_MODELS, GPU_MODELS, compose_row
 from gal.errors import ConfigError
+from gal.keys import chosen_schemas, plain_override_keys, plain_overrides, undeclared_override
+from gal.validate import validate
 
 from .conftest import CONFIG_DIR, compose_config
 

@@ -57,7 +57,8 @@ from gal.optim import build_optimizer
 from gal.precision import Precision
 from gal.synthetic_data import TINY_DETR, write_cifar, write_image_folder
 from gal.tasks.coco_data import collate_detection, write_synthetic_coco
-from gal.train import Trainee, build_adjuster, build_task, configure_backends, to_device
+from gal.train import build_task
+from gal.trainee import Trainee, build_adjuster, configure_backends, to_device
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"

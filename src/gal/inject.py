@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from gal.errors import ConfigError
+from gal.features import Features
 
 NAMED_POINTS = ("logits", "pre_logits", "features")
 MODULE_PREFIX = "module:"
@@ -212,9 +213,9 @@ class Injection:
             suffix = "rerun"
         return gal_layout(seen[0]).shape[-1], suffix
 
-    def features_and_loss(self, task: Any, trained: nn.Module, batch: Any) -> tuple[Tensor, Callable, Tensor]:
-        """(z in GAL's layout, loss_fn(z'), the loss of the layers after z and of the task's own other terms): the
-        arguments of GradientAdjuster.backward (``other_loss`` the last)."""
+    def features_and_loss(self, task: Any, trained: nn.Module, batch: Any) -> Features:
+        """z in GAL's layout, loss_fn(z'), and as other_loss the loss of the layers after z with the task's own
+        other terms: the arguments of GradientAdjuster.backward."""
         taken: dict[str, Any] = {}
         inputs: dict[str, Any] = {}
 
@@ -238,12 +239,12 @@ class Injection:
                 hook.remove()
         z, rng = taken["z"], taken["rng"]
         after = output_loss(output).float().mean()  # the layers after z: their standard gradient
-        other_loss = after + other[0] if other else after
+        other_loss = after if not other or other[0] is None else after + other[0]
 
         def loss_fn(z_new: Tensor) -> Tensor:
             return output_loss(self._rest(model_layout(z_new), rng, inputs))
 
-        return gal_layout(z), loss_fn, other_loss
+        return Features(gal_layout(z), loss_fn, other_loss)
 
     def _rest(self, z_new: Tensor, rng: tuple[Tensor, Tensor | None], inputs: dict[str, Any]) -> Tensor:
         """The model's output from z' at the point: the layers after it, parameters detached, random state as the

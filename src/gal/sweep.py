@@ -48,11 +48,8 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from gal.config import gal_off_warning
+from gal.keys import gal_off_warning
 from gal.storage import write_atomically
-
-# ${zero_padded:${hydra.job.num}} -> "007": a search's trial folders list in trial order (configs/hparams_search/)
-OmegaConf.register_new_resolver("zero_padded", lambda number, width=3: f"{int(number):0{int(width)}d}", replace=True)
 
 # run dir -> (status, reason), from refuse() to SweepSummary.on_job_end, in the job's process
 _refused: dict[str, tuple[str, str]] = {}

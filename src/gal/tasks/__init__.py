@@ -1,25 +1,23 @@
 """Tasks: each supplies data, a model, the injection point z with its loss, and metrics.
 
-The trainer calls exactly the methods of :class:`Task` and nothing task-specific.
-Adding a task is one module here and one YAML file in configs/task/.
+The trainer calls exactly the methods of :class:`Task` and nothing task-specific. Adding a task is one module
+here (a subclass of :class:`Task`) and one YAML file in configs/task/.
 """
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from gal.config import SPLITS
 from gal.errors import ConfigError, DatasetUnavailableError
+from gal.features import Features, LossFn
 
 __all__ = [
-    "DatasetUnavailableError", "LossFn", "Task", "carve_validation", "eval_shard", "per_process_batch",
-    "split_random_state", "validation_loader",
+    "DatasetUnavailableError", "Features", "LossFn", "Task", "carve_validation", "eval_shard", "per_process_batch",
+    "split_random_state",
 ]  # fmt: skip
-
-LossFn = Callable[[Tensor], Tensor]
 
 
 def split_random_state(split: str, split_seed: int, seed: int) -> int:
@@ -43,12 +41,6 @@ def carve_validation(arrays: tuple, val_size: float, random_state: int, stratify
     return tuple(parts[0::2]), tuple(parts[1::2])
 
 
-def validation_loader(task: "Task", rank: int, world_size: int, device: torch.device | None) -> DataLoader | None:
-    """The task's validation loader (``task.val_size`` > 0 on a task that has one), else None."""
-    make = getattr(task, "val_loader", None)  # the regression tasks and digits; other tasks have none
-    return None if make is None else make(rank, world_size, device)
-
-
 def per_process_batch(global_batch_size: int, world_size: int) -> int:
     """Each process's share of the recipe's global batch (the paper's lr belongs to the global batch)."""
     if not isinstance(global_batch_size, int) or global_batch_size < 1:
@@ -68,12 +60,16 @@ def eval_shard(dataset: Dataset, rank: int, world_size: int) -> Subset:
     return Subset(dataset, range(rank, len(dataset), world_size))
 
 
-class Task(Protocol):
+class Task:
+    """What the trainer asks of a task. The four methods without a body are the contract; the others are hooks
+    with the default most tasks want, which a task overrides where it differs."""
+
     feature_dim: int  # size of z's last dimension, the GAL dim
     objective: tuple[str, str]  # (metric from evaluate, "minimize" | "maximize"): what a search optimises
-    # optional: input_sizes_vary = True turns cudnn.benchmark off on CUDA (DETR's multi-scale batches)
+    input_sizes_vary: bool = False  # True turns cudnn.benchmark off on CUDA (DETR's multi-scale batches)
 
-    def build_model(self) -> nn.Module: ...
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
 
     def loaders(
         self, seed: int, rank: int, world_size: int, device: torch.device | None = None
@@ -81,16 +77,20 @@ class Task(Protocol):
         """(train, eval) for one of ``world_size`` processes, each train batch ``per_process_batch`` of the task's
         global batch; the train sampler has ``set_epoch`` (deterministic per epoch) unless it draws from the
         process's generator. ``device`` is where a loader may put its batches itself (timm's prefetcher)."""
-        ...
+        raise NotImplementedError
 
-    def features_and_loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, LossFn] | tuple[Tensor, LossFn, Tensor]:
-        """z at the injection point (attached to the graph) and loss_fn(z) -> per-sample or mean loss.
+    def features_and_loss(self, model: nn.Module, batch: Any) -> Features:
+        """z at the injection point and loss_fn(z) (:class:`Features`), for one training batch."""
+        raise NotImplementedError
 
-        A task whose loss has terms that do not pass through z (DETR's class and auxiliary-layer
-        losses) returns them as a third element: a scalar that gets its standard gradient.
-        A task may also define ``param_groups(model) -> list[dict]`` (e.g. a backbone's own lr); its
-        first group holds the layers that produce z, whose lr is the eta that GAL's tentative step uses.
-        """
-        ...
+    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
+        raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]: ...
+    def val_loader(self, rank: int, world_size: int, device: torch.device | None = None) -> DataLoader | None:
+        """The validation split's loader (task.val_size > 0 on a task that has one), else None."""
+        return None
+
+    def param_groups(self, model: nn.Module) -> nn.Module | list[dict[str, Any]]:
+        """The optimizer's parameter groups (e.g. a backbone's own lr): their first holds the layers that produce z,
+        whose lr is the eta of GAL's tentative step. The default, the model, is one group."""
+        return model

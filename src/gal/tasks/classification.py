@@ -22,7 +22,7 @@ import gal.models.cnn  # noqa: F401  (registers digits_cnn with timm)
 from gal.config import VALIDATION_DATASETS
 from gal.errors import ConfigError, WeightsUnavailableError
 from gal.precision import memory_format_of
-from gal.tasks import carve_validation, eval_shard, per_process_batch, split_random_state
+from gal.tasks import Features, Task, carve_validation, eval_shard, per_process_batch, split_random_state
 from gal.tasks.image_data import (
     build_cifar,
     build_imagenet,
@@ -133,7 +133,7 @@ def cached_hub_weights(hub_id: str) -> str | None:
     return None
 
 
-class ClassificationTask:
+class ClassificationTask(Task):
     """A timm model on an image data set."""
 
     objective = ("error", "minimize")  # top-1 error in % (100 - acc1)
@@ -213,14 +213,14 @@ class ClassificationTask:
             return None
         return DataLoader(eval_shard(self.val_set, rank, world_size), self.eval_batch_size, num_workers=0)
 
-    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
+    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Features:
         images, labels = batch
         smoothing = self.label_smoothing
 
         def loss_fn(logits: Tensor) -> Tensor:
             return F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=smoothing)
 
-        return model(images), loss_fn
+        return Features(model(images), loss_fn)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:

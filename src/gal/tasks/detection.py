@@ -20,12 +20,12 @@ from gal.models.detr.criterion import SetCriterion
 from gal.models.detr.detr import build_detr
 from gal.models.detr.matcher import HungarianMatcher
 from gal.models.detr.official import load_official_checkpoint
-from gal.tasks import eval_shard, per_process_batch
+from gal.tasks import Features, Task, eval_shard, per_process_batch
 from gal.tasks.coco_data import build_coco, collate_detection, detr_transforms
 from gal.tasks.coco_eval import evaluate_coco, gather_detections, postprocess, to_coco_results
 
 
-class DetectionTask:
+class DetectionTask(Task):
     """DETR (built in this project on torchvision) trained with the set criterion."""
 
     feature_dim = 4  # one box per query: (cx, cy, w, h)
@@ -95,8 +95,8 @@ class DetectionTask:
         train = DataLoader(self.train_set, batch_size, sampler=shuffle, drop_last=True, **workers)
         return train, DataLoader(eval_shard(self.eval_set, rank, world_size), self.eval_batch_size, **workers)
 
-    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, list[dict[str, Any]]]):
-        """z = the final layer's boxes; loss_fn = its box terms at fixed matching; other = the rest."""
+    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, list[dict[str, Any]]]) -> Features:
+        """z = the final layer's boxes; loss_fn = its box terms at fixed matching; other_loss = the rest."""
         images, mask, targets = batch
         criterion = self.criterion.to(images.device)
         outputs = model(images, mask)
@@ -109,7 +109,7 @@ class DetectionTask:
         def loss_fn(boxes: Tensor) -> Tensor:
             return criterion.total_loss(criterion.box_losses(boxes, targets, indices, num_boxes))
 
-        return outputs["pred_boxes"], loss_fn, other_loss
+        return Features(outputs["pred_boxes"], loss_fn, other_loss)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:

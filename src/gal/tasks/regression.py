@@ -28,7 +28,14 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Tenso
 from gal.config import SCALINGS
 from gal.errors import ConfigError
 from gal.models.mlp import MLP
-from gal.tasks import DatasetUnavailableError, carve_validation, per_process_batch, split_random_state
+from gal.tasks import (
+    DatasetUnavailableError,
+    Features,
+    Task,
+    carve_validation,
+    per_process_batch,
+    split_random_state,
+)
 
 # the header of scikit-learn's boston_house_prices.csv: 13 features, then the target
 BOSTON_COLUMNS = "CRIM ZN INDUS CHAS NOX RM AGE DIS RAD TAX PTRATIO B LSTAT MEDV".split()
@@ -167,7 +174,7 @@ def scaling(values: np.ndarray, how: str) -> tuple[np.ndarray | float, np.ndarra
     raise ConfigError(f"unknown scaling {how!r}; choose one of standard, minmax, none")
 
 
-class RegressionTask:
+class RegressionTask(Task):
     """An MLP regressor; z is its scalar prediction and the loss is the squared error."""
 
     feature_dim = 1
@@ -234,9 +241,9 @@ class RegressionTask:
         """The validation split in one batch (every rank evaluates all of it, as the test split), or None."""
         return None if self.val_set is None else DataLoader(self.val_set, batch_size=len(self.val_set))
 
-    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]):
+    def features_and_loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Features:
         x, y = batch
-        return model(x), lambda z: (z.squeeze(-1) - y) ** 2
+        return Features(model(x), lambda z: (z.squeeze(-1) - y) ** 2)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader) -> dict[str, float]:
