@@ -32,9 +32,10 @@ from scipy import stats
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from gal.adjuster import FIRST_ORDERS, STEP_PRECISIONS, GradientAdjuster
+from gal.adjuster import STEP_PRECISIONS, GradientAdjuster
 from gal.optim import OPTIMIZERS
 from gal.report.paper import load
+from gal.settings import FIRST_ORDERS
 from gal.toy import START, TOLERANCE, step_within_best, toy_f
 
 ARCH = (64, 24)
@@ -118,7 +119,7 @@ def make_adjuster(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        adjuster = GradientAdjuster(2, ARCH, alpha, beta, first_order=first_order, precision=precision)
+        adjuster = GradientAdjuster(2, arch=ARCH, alpha=alpha, beta=beta, first_order=first_order, precision=precision)
         for layer in adjuster.modules():
             if isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)

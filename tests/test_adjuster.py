@@ -630,3 +630,24 @@ def test_per_rank_ddp_is_the_authors_step_on_each_process(tmp_path, gal):
         torch.testing.assert_close(ranks[0][name], reference[name], rtol=1e-5, atol=1e-6)
     # and it is another step than the global one (local dl/dz norms and decisions)
     assert any(not torch.allclose(ranks[0][n], global_batch[n], rtol=1e-4, atol=1e-5) for n in ranks[0])
+
+
+def test_settings_are_declared_once_and_given_either_way():
+    """GradientAdjuster takes GALSettings or its fields as keywords; the config's gal node is those fields plus the
+    trainer's enabled, at and lr, with the same defaults; an unknown keyword names the nearest setting."""
+    import dataclasses
+
+    from gal.config import GalConfig
+    from gal.settings import GALSettings
+
+    by_object = GradientAdjuster(5, GALSettings(alpha=0.2, arch=[4]))
+    by_keywords = GradientAdjuster(5, alpha=0.2, arch=[4])
+    assert by_object.settings == by_keywords.settings == GALSettings(alpha=0.2, arch=[4])
+    assert GradientAdjuster(5, GALSettings(alpha=0.2), beta=3.0).settings == GALSettings(alpha=0.2, beta=3.0)
+    settings = {f.name: f for f in dataclasses.fields(GALSettings)}
+    schema = {f.name: f for f in dataclasses.fields(GalConfig)}
+    assert list(schema) == ["enabled", "at", "lr", *settings]
+    assert all(schema[n].default == f.default and schema[n].default_factory == f.default_factory
+               for n, f in settings.items())  # fmt: skip
+    with pytest.raises(ValueError, match=r"alpah is not a GAL setting \(did you mean alpha\?\)"):
+        GradientAdjuster(5, alpah=0.1)

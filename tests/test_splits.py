@@ -184,7 +184,7 @@ def test_a_bad_split_setting_is_one_line_before_any_data_and_writes_nothing(make
 @pytest.mark.parametrize("policy", ["always", "never"])
 def test_at_d_1_gal_changes_each_samples_gradient_by_alpha_exactly_or_not_at_all(policy):
     torch.manual_seed(0)
-    adjuster = GradientAdjuster(1, [4], alpha=0.1, beta=1.0, policy=policy)
+    adjuster = GradientAdjuster(1, arch=[4], alpha=0.1, beta=1.0, policy=policy)
     z = torch.randn(16, 1, requires_grad=True)
     y = torch.randn(16)
     stats = adjuster.backward(z, lambda f: (f.squeeze(-1) - y) ** 2, lr=0.1)

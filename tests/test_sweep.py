@@ -125,7 +125,7 @@ def test_a_setting_every_job_shares_is_one_line_per_job_and_leaves_no_folder(tmp
     assert result.returncode == 1 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors[:2] == [
-        f"error: {tmp_path / ARM}/seed={s}: alpha must lie in [0, 1] (Eq. 4), got 2.0" for s in (0, 1)
+        f"error: {tmp_path / ARM}/seed={s}: gal.alpha must lie in [0, 1] (Eq. 4), got 2.0" for s in (0, 1)
     ]
     assert not (tmp_path / "runs" / "default").exists()  # nothing trained, and the job folders Hydra made are gone
 

@@ -235,7 +235,7 @@ def test_command_line_rejects_unknown_names_and_keys(tmp_path, override, message
 def test_a_setting_to_fix_is_one_line_on_the_command_line_before_training(tmp_path):
     command = [sys.executable, "-m", "gal", "task=diabetes", "gal=on", "gal.alpha=2", f"results_dir={tmp_path}"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 1 and result.stderr == "error: alpha must lie in [0, 1] (Eq. 4), got 2.0\n"
+    assert result.returncode == 1 and result.stderr == "error: gal.alpha must lie in [0, 1] (Eq. 4), got 2.0\n"
     assert not list(tmp_path.rglob("log.jsonl"))  # nothing trained
 
 
@@ -368,5 +368,5 @@ def test_a_gal_value_out_of_range_is_refused_with_gal_on_or_off(tmp_path, arm):
     command = [sys.executable, "-m", "gal", "experiment=table5_diabetes", f"gal={arm}", "gal.alpha=2"]
     result = subprocess.run([*command, f"results_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: alpha must lie in [0, 1] (Eq. 4), got 2.0"
+    assert result.stderr.strip().splitlines()[-1] == "error: gal.alpha must lie in [0, 1] (Eq. 4), got 2.0"
     assert not list(tmp_path.rglob("*.json"))

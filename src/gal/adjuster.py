@@ -17,19 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gal.distributed import average_across_ranks, world_size
 from gal.errors import ConfigError
+from gal.settings import GALSettings
 
-KINDS = ("mlp", "cnn", "uniform", "normal")
-POLICIES = ("le", "lt", "always", "never")
-FIRST_ORDERS = ("authors", "taylor", "mean")  # Eq. 7's first-order term: see GradientAdjuster
-DDP_MODES = ("global", "per_rank")  # one GAL step on the global batch, or one per process (the authors')
 STEP_PRECISIONS = {"float32": torch.float32, "float64": torch.float64}  # the GAL step's own arithmetic
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
 _EPS = 1e-12  # guards ||v|| = 0; a zero gradient gives a zero adjustment by itself
 
 
@@ -148,60 +147,28 @@ class GradientAdjuster(nn.Module):
 
     Args:
         dim: size d of the feature z at the injection point (its last dimension).
-        arch: hidden widths of h, e.g. (256, 64, 32) -> d-256-64-32-d (channels for 'cnn').
-        alpha: Eq. 4 magnitude ratio ||v~|| / ||dl/dz|| in [0, 1]; 0 is standard training.
-        beta: tentative learning rate eta~ = beta * eta, beta > 0.
-        policy: 'le' (Alg. 1 line 7, default), 'lt' (strict), 'always' (line 8), 'never' (line 10).
-        per_sample: one decision per sample (Algorithm 1 as written; loss_fn then returns
-            per-sample losses) instead of one per batch (the authors' code).
-        kind: 'mlp' (default), 'cnn' (Table VIII), or 'uniform' / 'normal' random
-            adjustments without a learned h (Table VI).
-        scale_by_grad: Eq. 4 scaling by ||dl/dz||; False gives Table VI's alpha * v / ||v||.
-        bias, activation: options of h's layers (the authors use bias and no activation).
-        first_order: Eq. 7's first-order term eta~ dl/dz^T g. 'authors' (default, their code):
-            eta~ (dl/dz * g).sum(feature dim).mean(other dims), with dl/dz of the batch-mean loss: 1/B of
-            the Taylor term (1/(B x queries) for DETR's boxes), so the remainder keeps the first-order
-            -(1 - 1/B) eta~ dl/dz^T g. 'taylor': eta~ <dl/dz, g> summed over every element of z, with
-            dl/dz of the loss whose remainder it is, so r is Eq. 7 literally, second order in eta~.
-            'mean': the authors' 3D toy (3d_example/visualize_convergence_gl.py), eta~ (dl/dz * g).mean():
-            the 'authors' term divided by d (half of it for the toy's two coordinates).
-        precision: 'float32' (default) or 'float64', the least precision of the GAL step's own
-            arithmetic (the losses at z and z - eta~ g, the first-order term, |r|): a z of a wider dtype
-            keeps its own, so a float64 model computes in float64 either way. h's input is cast to h's
-            parameters' dtype and its output back; the gradient sent to the model is cast to z's dtype.
-        ddp: how a DDP job steps (one process: no difference). 'global' (default): one GAL step on the
-            global batch, as one process would take it. 'per_rank': the authors' multi-GPU step
-            (imagenet/train_gal.py): each process takes dl/dz of its own batch's mean loss, decides on its
-            own losses, and h descends the mean over processes of their |r_r|; DDP then averages the
-            chosen gradients' effect on the model.
+        settings: h's and the step's settings (:class:`gal.settings.GALSettings`, which documents each);
+            the defaults when omitted.
+        **options: any of those settings by name, replacing ``settings``' value (``alpha=0.1``).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        arch: Sequence[int] = (256, 64, 32),
-        alpha: float = 0.01,
-        beta: float = 1.0,
-        policy: str = "le",
-        per_sample: bool = False,
-        kind: str = "mlp",
-        scale_by_grad: bool = True,
-        bias: bool = True,
-        activation: str | None = None,
-        first_order: str = "authors",
-        precision: str = "float32",
-        ddp: str = "global",
-    ) -> None:
+    def __init__(self, dim: int, settings: GALSettings | None = None, **options: Any) -> None:
         super().__init__()
-        check_settings(dim, arch, alpha, beta, policy, kind, activation, first_order, precision, ddp)
-        self.dim, self.alpha, self.beta = dim, float(alpha), float(beta)
-        self.policy, self.per_sample, self.kind = policy, per_sample, kind
-        self.scale_by_grad, self.first_order, self.precision = scale_by_grad, first_order, precision
-        self.ddp = ddp
-        if kind == "mlp":
-            self.h: nn.Module | None = build_mlp(dim, arch, bias, activation)
-        elif kind == "cnn":
-            self.h = ConvAdjuster(dim, arch, bias, activation)
+        if not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"dim must be a positive int (the feature size of z), got {dim!r}")
+        self.settings = chosen = GALSettings.of(settings, **options)
+        self.dim, self.alpha, self.beta = dim, float(chosen.alpha), float(chosen.beta)
+        self.policy, self.per_sample, self.kind = chosen.policy, chosen.per_sample, chosen.kind
+        self.scale_by_grad, self.first_order, self.precision = (
+            chosen.scale_by_grad,
+            chosen.first_order,
+            chosen.precision,
+        )
+        self.ddp = chosen.ddp
+        if chosen.kind == "mlp":
+            self.h: nn.Module | None = build_mlp(dim, chosen.arch, chosen.bias, chosen.activation)
+        elif chosen.kind == "cnn":
+            self.h = ConvAdjuster(dim, chosen.arch, chosen.bias, chosen.activation)
         else:
             self.h = None
 
@@ -372,29 +339,3 @@ class GradientAdjuster(nn.Module):
     def count_weights(self) -> int:
         """Parameter count as the paper counts it: weights only, no biases."""
         return sum(p.numel() for name, p in self.named_parameters() if not name.endswith("bias"))
-
-
-def check_settings(
-    dim, arch, alpha, beta, policy, kind, activation, first_order="authors", precision="float32", ddp="global"
-) -> None:
-    """Refuse settings GAL cannot run with (ConfigError naming the setting); the trainer checks before any data."""
-    if not isinstance(dim, int) or dim < 1:
-        raise ConfigError(f"dim must be a positive int (the feature size of z), got {dim!r}")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ConfigError(f"alpha must lie in [0, 1] (Eq. 4), got {alpha}")
-    if not float(beta) > 0.0:
-        raise ConfigError(f"beta must be > 0 (tentative lr = beta * lr), got {beta}")
-    if policy not in POLICIES:
-        raise ConfigError(f"policy must be one of {POLICIES}, got {policy!r}")
-    if kind not in KINDS:
-        raise ConfigError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind in ("mlp", "cnn") and (len(arch) == 0 or any(int(w) < 1 for w in arch)):
-        raise ConfigError(f"arch must be a non-empty list of positive widths for kind={kind!r}, got {list(arch)}")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be None or one of {tuple(ACTIVATIONS)}, got {activation!r}")
-    if first_order not in FIRST_ORDERS:
-        raise ConfigError(f"first_order must be one of {FIRST_ORDERS}, got {first_order!r}")
-    if precision not in STEP_PRECISIONS:
-        raise ConfigError(f"precision must be one of {tuple(STEP_PRECISIONS)}, got {precision!r}")
-    if ddp not in DDP_MODES:
-        raise ConfigError(f"ddp must be one of {DDP_MODES}, got {ddp!r}")

@@ -17,6 +17,7 @@ CONFIG_DIR, where the configs are: anything that composes them imports it. It im
 gal.keys.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
+
+from gal.settings import GALSettings
 
 IF_EXISTS = ("error", "skip", "resume")  # what a run does when its run directory holds a run
 SELECT = ("last", "best_val")  # the evaluation a run reports: its last, or the one best on the validation split
@@ -169,26 +172,16 @@ class StepSchedulerConfig(SchedulerConfig):
     warmup_lr: float = MISSING
 
 
-@dataclass
-class GalConfig:
-    """configs/gal/on.yaml: GradientAdjuster's arguments, plus ``enabled``, the injection point ``at`` and h's own
-    ``lr``."""
-
-    enabled: bool = MISSING
-    at: str = MISSING
-    lr: float | None = MISSING
-    arch: list[int] = MISSING
-    alpha: float = MISSING
-    beta: float = MISSING
-    policy: str = MISSING
-    per_sample: bool = MISSING
-    kind: str = MISSING
-    scale_by_grad: bool = MISSING
-    bias: bool = MISSING
-    activation: str | None = MISSING
-    first_order: str = MISSING  # Eq. 7's first-order term: authors | taylor | mean
-    precision: str = MISSING  # the GAL step's own arithmetic: float32 | float64
-    ddp: str = MISSING  # under DDP: global (one step on the global batch) | per_rank (the authors')
+# configs/gal/on.yaml: the trainer's ``enabled``, the injection point ``at`` and h's own ``lr``, then
+# GradientAdjuster's settings (gal.settings.GALSettings: their defaults and ranges), in that order (a subclass
+# would list the settings first)
+GalConfig = dataclasses.make_dataclass(
+    "GalConfig",
+    [("enabled", bool, MISSING), ("at", str, MISSING), ("lr", float | None, MISSING)]
+    + [(f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+       for f in dataclasses.fields(GALSettings)],
+)  # fmt: skip
+GalConfig.__module__ = __name__  # unpickled configs (submitit's jobs) find it here; make_dataclass leaves it unset
 
 
 @dataclass

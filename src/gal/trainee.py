@@ -28,6 +28,7 @@ from gal.results import FIRST_EPOCH
 from gal.rng import rng_state, set_rng_state
 from gal.schedule import build_scheduler
 from gal.tasks import Task
+from gal.validate import gal_settings
 
 if TYPE_CHECKING:  # timm (and torchvision, which it imports) only for the runs that use it
     from timm.scheduler.scheduler import Scheduler
@@ -38,10 +39,7 @@ OPTIONAL_STATE = ("adjuster", "scheduler", "ema", "oscillation")  # Trainee part
 
 def build_adjuster(gal_cfg: DictConfig, feature_dim: int) -> GradientAdjuster | None:
     """The GAL module from configs/gal/*.yaml, or None when GAL is off."""
-    if not gal_cfg.enabled:
-        return None
-    kwargs = {k: v for k, v in OmegaConf.to_container(gal_cfg).items() if k not in ("enabled", "at", "lr")}
-    return GradientAdjuster(feature_dim, **kwargs)
+    return GradientAdjuster(feature_dim, gal_settings(gal_cfg)) if gal_cfg.enabled else None
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:

@@ -1,6 +1,7 @@
 """The ranges a type cannot say, checked before any data is loaded: :func:`validate` refuses a setting out of its
 range with a ConfigError naming the key and what it may be (the types were checked when Hydra composed)."""
 
+import dataclasses
 import math
 from typing import Any
 
@@ -9,6 +10,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gal.config import DATASET_ROWS, IF_EXISTS, ON_NONFINITE, SCALINGS, SELECT, SPLITS, VALIDATION_DATASETS
 from gal.errors import ConfigError
 from gal.keys import declared_keys_only
+from gal.settings import GALSettings
 
 
 def validate(cfg: DictConfig) -> None:
@@ -17,7 +19,6 @@ def validate(cfg: DictConfig) -> None:
     The types were checked when Hydra composed ``cfg``; these are the ranges a type cannot say, and the keys that
     ``+key=value`` added to a node whose schema lacks them.
     """
-    from gal.adjuster import DDP_MODES, FIRST_ORDERS, STEP_PRECISIONS, check_settings
     from gal.distributed import DEVICES
     from gal.inject import check_point
     from gal.precision import MODES as PRECISIONS
@@ -48,15 +49,11 @@ def validate(cfg: DictConfig) -> None:
             "task.val_size (e.g. 0.2), or trainer.select=last"
         )
     _positive("gal.lr", gal.lr)
-    _widths("gal.arch", gal.arch)
-    _one_of("gal.first_order", gal.first_order, FIRST_ORDERS)
-    _one_of("gal.precision", gal.precision, tuple(STEP_PRECISIONS))
-    _one_of("gal.ddp", gal.ddp, DDP_MODES)
     if "hidden" in task:  # the regression MLP
         _widths("task.hidden", task.hidden)
-    # GradientAdjuster's own checks (alpha in [0, 1], beta > 0, policy, kind, activation), with GAL on or off: a
-    # value out of range is refused either way, never trained past as a baseline
-    check_settings(1, gal.arch, gal.alpha, gal.beta, gal.policy, gal.kind, gal.activation)
+    # GAL's own ranges (gal.settings), with GAL on or off: a value out of range is refused either way, never trained
+    # past as a baseline
+    gal_settings(gal).check("gal.")
     check_point(gal.at)
     if gal.at != "logits" and task._target_.endswith("DetectionTask"):
         raise ConfigError(
@@ -146,3 +143,11 @@ def _positive(key: str, value: float | None) -> None:
 def _widths(key: str, widths: list[int]) -> None:
     if any(width < 1 for width in widths):
         raise ConfigError(f"{key} must list layer widths >= 1; got {list(widths)}")
+
+
+def gal_settings(gal: DictConfig) -> GALSettings:
+    """The GradientAdjuster settings of a config's ``gal`` node (its other keys, enabled, at and lr, are the
+    trainer's)."""
+    names = [field.name for field in dataclasses.fields(GALSettings)]
+    return GALSettings(**{name: OmegaConf.to_object(gal[name]) if isinstance(gal[name], ListConfig) else gal[name]
+                          for name in names})  # fmt: skip
