@@ -1,7 +1,7 @@
 """``python -m gal task=diabetes gal=on``: the trainer's entry point (also ``gal-train``, torchrun ``-m gal``).
 
 The task function is imported from gal.cli, so launchers that pickle it (hydra-submitit-launcher)
-find it by reference; ``python -m gal.train`` works too, but there it lives in ``__main__``.
+find it by reference.
 """
 
 from gal.cli import main

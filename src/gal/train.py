@@ -1,4 +1,4 @@
-"""The shared trainer: ``python -m gal.train task=diabetes optimizer=adam gal=on seed=3``.
+"""The shared trainer: ``python -m gal task=diabetes optimizer=adam gal=on seed=3``.
 
 One loop for every task and optimizer, with and without GAL. A task supplies data, a
 model, the injection point z with its loss and its metrics; ``GradientAdjuster.backward``
