@@ -27,7 +27,7 @@ IMAGE_SEEDS := $(if $(SEEDS),$(SEEDS),0,1,2)
 # went ~5x faster on a 2-core CPU than two-thread runs one after the other.
 ONE_THREAD := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 
-# Offline copies of the data sets, when this checkout sits beside them (see README, "Data").
+# Offline copies of the data sets, when this checkout sits beside them (see docs/data.md).
 SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)/sklearn),)
 export SCIKIT_LEARN_DATA ?= $(SHARED_DATA)/sklearn

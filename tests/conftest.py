@@ -1,4 +1,4 @@
-"""Shared fixtures: Hydra configs composed the way `python -m gal.train` composes them."""
+"""Shared fixtures: Hydra configs composed the way `python -m gal` composes them."""
 
 import os
 
